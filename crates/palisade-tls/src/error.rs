@@ -43,6 +43,10 @@ pub enum TlsError {
     #[error("keyring {op} of {name:?} failed: {message}")]
     Keyring { op: &'static str, name: String, message: String },
 
+    /// A CA common name (device label) that cannot be used.
+    #[error("invalid device CA name {name:?}: {reason}")]
+    InvalidCommonName { name: String, reason: &'static str },
+
     /// A host that cannot be put in a certificate.
     #[error("invalid host {host:?} for a leaf certificate: {reason}")]
     InvalidHost { host: String, reason: &'static str },
