@@ -1,0 +1,354 @@
+//! Typed server configuration, read from TOML.
+//!
+//! Every key has a default (`DEFAULT_*`), unknown keys are rejected
+//! (`deny_unknown_fields`: a typo must not silently fall back to a default),
+//! and [`ServerConfig::validate`] reports every problem at once. This module
+//! must never read the environment or touch the network; the PostgreSQL URL
+//! may hold a password, so `Debug` redacts it.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:7443";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7080";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/palisade-server";
+pub const DEFAULT_SQLITE_FILE: &str = "palisade.db";
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1000;
+pub const DEFAULT_MAX_CONCURRENT_BATCHES: usize = 32;
+pub const DEFAULT_SLOW_DOWN_MS: u32 = 1000;
+pub const DEFAULT_POLICY_POLL_MS: u64 = 1000;
+pub const DEFAULT_DEVICE_CERT_DAYS: u32 = 365;
+pub const DEFAULT_EVENTS_PAGE_LIMIT: u32 = 1000;
+
+/// The whole server configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address for agent gRPC (mTLS). Used by `main`; `run` takes a bound listener.
+    pub grpc_listen: String,
+    /// Address for the admin HTTP API. Used by `main`.
+    pub admin_listen: String,
+    /// Holds the SQLite database and generated TLS material unless overridden.
+    pub data_dir: PathBuf,
+    /// Names the server certificate is valid for, besides `localhost` and 127.0.0.1.
+    pub hostnames: Vec<String>,
+    pub store: StoreConfig,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+}
+
+/// Where events, devices and policy live.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; default `<data_dir>/palisade.db`. Ignored when `postgres_url` is set.
+    pub sqlite_path: Option<PathBuf>,
+    /// `postgres://...`; when set, PostgreSQL is used instead of SQLite.
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema to use (created if missing); default: the URL's search_path.
+    pub postgres_schema: Option<String>,
+    pub max_connections: u32,
+}
+
+/// TLS material. Paths left empty default to files under `<data_dir>/tls/`,
+/// created on first start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub server_cert: Option<PathBuf>,
+    pub server_key: Option<PathBuf>,
+    /// Lifetime of issued device client certificates.
+    pub device_cert_days: u32,
+}
+
+/// Protective limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// Most events in one upload batch.
+    pub max_batch_events: usize,
+    /// Batches committed at once across all streams; beyond that agents get SlowDown.
+    pub max_concurrent_batches: usize,
+    /// Base `retry_after_ms` in SlowDown and retryable errors (jitter is added).
+    pub slow_down_ms: u32,
+    /// How often each process re-reads the newest policy version (backstop to NOTIFY).
+    pub policy_poll_ms: u64,
+    /// Default and maximum page size for `GET /api/v1/events`.
+    pub events_page_limit: u32,
+}
+
+// === impl ServerConfig ===
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: DEFAULT_GRPC_LISTEN.into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            hostnames: Vec::new(),
+            store: StoreConfig::default(),
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Every problem found in a config, reported at once.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid TOML: {0}")]
+    Parse(String),
+    #[error("invalid config: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl ServerConfig {
+    /// Parse TOML and validate.
+    pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
+        let cfg: ServerConfig = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A config for tests and `palisade up`: everything under `data_dir`.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::default() }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        for (key, v) in [("grpc_listen", &self.grpc_listen), ("admin_listen", &self.admin_listen)] {
+            if v.parse::<SocketAddr>().is_err() {
+                p.push(format!("{key}: {v:?} is not an address like 127.0.0.1:7443"));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            p.push("data_dir: must not be empty".into());
+        }
+        for (i, h) in self.hostnames.iter().enumerate() {
+            if h.trim().is_empty() || h.contains(char::is_whitespace) {
+                p.push(format!("hostnames[{i}]: {h:?} is not a host name"));
+            }
+        }
+        if let Some(url) = &self.store.postgres_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                p.push("store.postgres_url: must start with postgres:// or postgresql://".into());
+            }
+        }
+        if let Some(schema) = &self.store.postgres_schema {
+            if !is_identifier(schema) {
+                p.push(format!("store.postgres_schema: {schema:?} must be [a-z_][a-z0-9_]* (max 63)"));
+            }
+            if self.store.postgres_url.is_none() {
+                p.push("store.postgres_schema: set without store.postgres_url".into());
+            }
+        }
+        if self.store.max_connections == 0 {
+            p.push("store.max_connections: must be at least 1".into());
+        }
+        let t = &self.tls;
+        if t.ca_cert.is_some() != t.ca_key.is_some() {
+            p.push("tls.ca_cert and tls.ca_key: set both or neither".into());
+        }
+        if t.server_cert.is_some() != t.server_key.is_some() {
+            p.push("tls.server_cert and tls.server_key: set both or neither".into());
+        }
+        if t.device_cert_days == 0 || t.device_cert_days > 3650 {
+            p.push("tls.device_cert_days: must be 1..=3650".into());
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            p.push("limits.max_message_bytes: must be at least 1024".into());
+        }
+        if l.max_batch_events == 0 || l.max_batch_events > 10_000 {
+            p.push("limits.max_batch_events: must be 1..=10000".into());
+        }
+        if l.max_concurrent_batches == 0 {
+            p.push("limits.max_concurrent_batches: must be at least 1".into());
+        }
+        if l.policy_poll_ms < 50 {
+            p.push("limits.policy_poll_ms: must be at least 50".into());
+        }
+        if l.events_page_limit == 0 {
+            p.push("limits.events_page_limit: must be at least 1".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    /// The SQLite file this config uses (when not on PostgreSQL).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.store.sqlite_path.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SQLITE_FILE))
+    }
+
+    /// Directory for generated TLS material.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    fn tls_path(&self, set: &Option<PathBuf>, file: &str) -> PathBuf {
+        set.clone().unwrap_or_else(|| self.tls_dir().join(file))
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.tls_path(&self.tls.ca_cert, "ca.pem")
+    }
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.tls_path(&self.tls.ca_key, "ca.key")
+    }
+    pub fn server_cert_path(&self) -> PathBuf {
+        self.tls_path(&self.tls.server_cert, "server.pem")
+    }
+    pub fn server_key_path(&self) -> PathBuf {
+        self.tls_path(&self.tls.server_key, "server.key")
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
+}
+
+/// True when `s` is a safe unquoted PostgreSQL identifier.
+pub(crate) fn is_safe_identifier(s: &str) -> bool {
+    is_identifier(s)
+}
+
+// === impl StoreConfig ===
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("sqlite_path", &self.sqlite_path)
+            .field("postgres_url", &self.postgres_url.as_ref().map(|u| redact_url(u)))
+            .field("postgres_schema", &self.postgres_schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:...@host/db`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "...".into() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:...@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { sqlite_path: None, postgres_url: None, postgres_schema: None, max_connections: DEFAULT_MAX_CONNECTIONS }
+    }
+}
+
+// === impl TlsConfig ===
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { ca_cert: None, ca_key: None, server_cert: None, server_key: None, device_cert_days: DEFAULT_DEVICE_CERT_DAYS }
+    }
+}
+
+// === impl Limits ===
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            max_concurrent_batches: DEFAULT_MAX_CONCURRENT_BATCHES,
+            slow_down_ms: DEFAULT_SLOW_DOWN_MS,
+            policy_poll_ms: DEFAULT_POLICY_POLL_MS,
+            events_page_limit: DEFAULT_EVENTS_PAGE_LIMIT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_gives_defaults() {
+        let cfg = ServerConfig::from_toml("").unwrap();
+        assert_eq!(cfg, ServerConfig::default());
+        assert_eq!(cfg.store.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(cfg.sqlite_path(), PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_SQLITE_FILE));
+    }
+
+    #[test]
+    fn full_toml_parses() {
+        let cfg = ServerConfig::from_toml(
+            r#"
+            grpc_listen = "127.0.0.1:9000"
+            data_dir = "/tmp/x"
+            hostnames = ["palisade.example.com"]
+            [store]
+            postgres_url = "postgres://u:pw@db/palisade"
+            postgres_schema = "fleet"
+            [tls]
+            device_cert_days = 30
+            [limits]
+            max_batch_events = 500
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.max_batch_events, 500);
+        assert_eq!(cfg.tls.device_cert_days, 30);
+        assert_eq!(cfg.store.postgres_schema.as_deref(), Some("fleet"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = ServerConfig::from_toml("grpc_lisen = \"x\"").unwrap_err();
+        assert!(matches!(&e, ConfigError::Parse(m) if m.contains("grpc_lisen")), "{e}");
+        let e = ServerConfig::from_toml("[limits]\nmax_batch = 3").unwrap_err();
+        assert!(e.to_string().contains("max_batch"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_a_parse_error() {
+        let e = ServerConfig::from_toml("[limits]\nmax_batch_events = \"many\"").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut cfg = ServerConfig::default();
+        cfg.grpc_listen = "nope".into();
+        cfg.store.postgres_url = Some("mysql://x".into());
+        cfg.store.postgres_schema = Some("Bad-Name".into());
+        cfg.tls.ca_cert = Some("/ca.pem".into());
+        cfg.limits.max_batch_events = 0;
+        cfg.limits.max_message_bytes = 10;
+        let ConfigError::Invalid(p) = cfg.validate().unwrap_err() else { panic!("expected Invalid") };
+        assert_eq!(p.len(), 6, "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("grpc_listen")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("tls.ca_cert")), "{p:?}");
+    }
+
+    #[test]
+    fn debug_redacts_postgres_password() {
+        let mut cfg = ServerConfig::default();
+        cfg.store.postgres_url = Some("postgres://admin:hunter2@db:5432/p".into());
+        let s = format!("{cfg:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("admin:...@db:5432/p"), "{s}");
+    }
+}

@@ -1,0 +1,475 @@
+//! The two backends. Connection setup differs (SQLite: WAL, synchronous=FULL,
+//! busy timeout; PostgreSQL: optional schema, LISTEN/NOTIFY); every query is
+//! shared and generated for both by `backend_impl!`, so the semantics cannot
+//! drift. Must never build SQL from untrusted strings: values are always bound.
+
+use super::{
+    from_ms, migrate, now_ms, DeviceAuth, DeviceRecord, Enrolled, EventFilter, InventoryRecord, NewEvent,
+    StoreError, StoredEvent, StoredPolicy, TokenProblem, INSERT_CHUNK_ROWS, POLICY_CHANNEL, SQLITE_BUSY_TIMEOUT,
+};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row};
+use std::str::FromStr;
+use tracing::info;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    pool: SqlitePool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgBackend {
+    pool: PgPool,
+    opts: PgConnectOptions,
+}
+
+// === impl SqliteBackend ===
+
+impl SqliteBackend {
+    pub(super) async fn open(path: &std::path::Path, max_connections: u32) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit (and so an ack) survives power loss, not just a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
+        migrate::migrator(migrate::SQLITE).await?.run(&pool).await?;
+        info!(path = %path.display(), "Opened SQLite store");
+        Ok(Self { pool })
+    }
+
+    async fn notify_policy(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, _version: u64) -> Result<(), StoreError> {
+        // One process per SQLite file; other watchers poll.
+        Ok(())
+    }
+}
+
+// === impl PgBackend ===
+
+impl PgBackend {
+    pub(super) async fn open(url: &str, schema: Option<&str>, max_connections: u32) -> Result<Self, StoreError> {
+        let mut opts = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = schema {
+            if !crate::config::is_safe_identifier(schema) {
+                return Err(StoreError::Corrupt(format!("invalid schema name {schema:?}")));
+            }
+            // Identifier checked above: safe to interpolate.
+            let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
+            sqlx::Connection::close(conn).await?;
+            opts = opts.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new().max_connections(max_connections).connect_with(opts.clone()).await?;
+        migrate::migrator(migrate::POSTGRES).await?.run(&pool).await?;
+        info!(url = %crate::config::redact_url(url), schema, "Opened PostgreSQL store");
+        Ok(Self { pool, opts })
+    }
+
+    async fn notify_policy(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, version: u64) -> Result<(), StoreError> {
+        // Delivered to listeners when the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(POLICY_CHANNEL)
+            .bind(version.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn policy_listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(self.opts.clone());
+        let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+        l.listen(POLICY_CHANNEL).await?;
+        Ok(l)
+    }
+}
+
+fn opt_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    v.map(from_ms).transpose()
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {v}")))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const DEVICE_COLUMNS: &str = "id, cert_fingerprint, cert_serial, hostname, os, hardware_id, agent_version, \
+     owner_email, enrolled_at, last_seen, revoked_at, revoked_reason, applied_policy_version";
+
+macro_rules! backend_impl {
+    ($backend:ty, $db:ty) => {
+        impl $backend {
+            pub(super) async fn close(&self) {
+                self.pool.close().await
+            }
+
+            fn device_from_row(row: &<$db as sqlx::Database>::Row) -> Result<DeviceRecord, StoreError> {
+                Ok(DeviceRecord {
+                    id: row.try_get("id")?,
+                    cert_fingerprint: row.try_get("cert_fingerprint")?,
+                    cert_serial: row.try_get("cert_serial")?,
+                    hostname: row.try_get("hostname")?,
+                    os: row.try_get("os")?,
+                    hardware_id: row.try_get("hardware_id")?,
+                    agent_version: row.try_get("agent_version")?,
+                    owner_email: row.try_get("owner_email")?,
+                    enrolled_at: from_ms(row.try_get("enrolled_at")?)?,
+                    last_seen: opt_ms(row.try_get("last_seen")?)?,
+                    revoked_at: opt_ms(row.try_get("revoked_at")?)?,
+                    revoked_reason: row.try_get("revoked_reason")?,
+                    applied_policy_version: row
+                        .try_get::<Option<i64>, _>("applied_policy_version")?
+                        .map(|v| to_u64(v, "applied_policy_version"))
+                        .transpose()?,
+                })
+            }
+
+            pub(super) async fn create_enrollment_token(
+                &self,
+                token_hash: &str,
+                max_uses: u32,
+                expires_at: DateTime<Utc>,
+                note: Option<&str>,
+            ) -> Result<String, StoreError> {
+                let id = Uuid::now_v7().to_string();
+                sqlx::query(
+                    "INSERT INTO enrollment_tokens (id, token_hash, max_uses, uses, expires_at, created_at, note) \
+                     VALUES ($1, $2, $3, 0, $4, $5, $6)",
+                )
+                .bind(&id)
+                .bind(token_hash)
+                .bind(i64::from(max_uses))
+                .bind(expires_at.timestamp_millis())
+                .bind(now_ms())
+                .bind(note)
+                .execute(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            pub(super) async fn create_admin_token(&self, token_hash: &str, name: &str) -> Result<String, StoreError> {
+                let id = Uuid::now_v7().to_string();
+                sqlx::query("INSERT INTO admin_tokens (id, token_hash, name, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&id)
+                    .bind(token_hash)
+                    .bind(name)
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(id)
+            }
+
+            pub(super) async fn admin_token_name(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+                let row = sqlx::query("SELECT name FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+                    .bind(token_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.try_get("name")).transpose()?)
+            }
+
+            pub(super) async fn enroll_device(
+                &self,
+                token_hash: &str,
+                d: &DeviceRecord,
+            ) -> Result<Enrolled, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                // Write first, so SQLite takes the write lock at once (no upgrade deadlock).
+                let used = sqlx::query(
+                    "UPDATE enrollment_tokens SET uses = uses + 1 \
+                     WHERE token_hash = $1 AND uses < max_uses AND expires_at > $2 RETURNING id",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if used.is_none() {
+                    let row = sqlx::query("SELECT uses, max_uses, expires_at FROM enrollment_tokens WHERE token_hash = $1")
+                        .bind(token_hash)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let problem = match row {
+                        None => TokenProblem::Unknown,
+                        Some(r) if r.try_get::<i64, _>("expires_at")? <= now => TokenProblem::Expired,
+                        Some(_) => TokenProblem::UsedUp,
+                    };
+                    return Err(StoreError::Token(problem));
+                }
+                let superseded_rows = sqlx::query(
+                    "UPDATE devices SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE hardware_id = $3 AND revoked_at IS NULL RETURNING id",
+                )
+                .bind(now)
+                .bind(format!("superseded by re-enrollment as {}", d.id))
+                .bind(&d.hardware_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let superseded = superseded_rows
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                sqlx::query(&format!(
+                    "INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, NULL)"
+                ))
+                .bind(&d.id)
+                .bind(&d.cert_fingerprint)
+                .bind(&d.cert_serial)
+                .bind(&d.hostname)
+                .bind(&d.os)
+                .bind(&d.hardware_id)
+                .bind(&d.agent_version)
+                .bind(&d.owner_email)
+                .bind(d.enrolled_at.timestamp_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Enrolled { superseded })
+            }
+
+            pub(super) async fn touch_device(&self, id: &str) -> Result<Option<DeviceAuth>, StoreError> {
+                let row = sqlx::query(
+                    "UPDATE devices SET last_seen = $1 WHERE id = $2 RETURNING cert_fingerprint, revoked_at",
+                )
+                .bind(now_ms())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(DeviceAuth {
+                        cert_fingerprint: r.try_get("cert_fingerprint")?,
+                        revoked_at: opt_ms(r.try_get("revoked_at")?)?,
+                    })
+                })
+                .transpose()
+            }
+
+            pub(super) async fn revoke_device(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE devices SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now_ms())
+                .bind(reason)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            pub(super) async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+                let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::device_from_row).transpose()
+            }
+
+            pub(super) async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+                let rows = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id"))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::device_from_row).collect()
+            }
+
+            pub(super) async fn record_applied(&self, device_id: &str, version: u64) -> Result<(), StoreError> {
+                sqlx::query("UPDATE devices SET applied_policy_version = $1, applied_at = $2 WHERE id = $3")
+                    .bind(to_i64(version))
+                    .bind(now_ms())
+                    .bind(device_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub(super) async fn insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(
+                    "INSERT INTO policies (version, document, created_at, author) \
+                     SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3 FROM policies RETURNING version",
+                )
+                .bind(document)
+                .bind(now_ms())
+                .bind(author)
+                .fetch_one(&mut *tx)
+                .await?;
+                let version = to_u64(row.try_get("version")?, "policy version")?;
+                Self::notify_policy(&mut tx, version).await?;
+                tx.commit().await?;
+                Ok(version)
+            }
+
+            pub(super) async fn latest_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT version, document, created_at, author FROM policies ORDER BY version DESC LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(StoredPolicy {
+                        version: to_u64(r.try_get("version")?, "policy version")?,
+                        document: r.try_get("document")?,
+                        created_at: from_ms(r.try_get("created_at")?)?,
+                        author: r.try_get("author")?,
+                    })
+                })
+                .transpose()
+            }
+
+            pub(super) async fn latest_policy_version(&self) -> Result<u64, StoreError> {
+                let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM policies")
+                    .fetch_one(&self.pool)
+                    .await?;
+                to_u64(row.try_get("v")?, "policy version")
+            }
+
+            pub(super) async fn insert_events(&self, device_id: &str, events: &[NewEvent]) -> Result<u64, StoreError> {
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                let received = now_ms();
+                let mut tx = self.pool.begin().await?;
+                let mut inserted = 0;
+                for chunk in events.chunks(INSERT_CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO events (id, device_id, time, kind, provider, model, app, decision, json, received_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id)
+                            .push_bind(device_id)
+                            .push_bind(e.time.timestamp_millis())
+                            .push_bind(&e.kind)
+                            .push_bind(&e.provider)
+                            .push_bind(&e.model)
+                            .push_bind(&e.app)
+                            .push_bind(&e.decision)
+                            .push_bind(&e.json)
+                            .push_bind(received);
+                    });
+                    qb.push(" ON CONFLICT (id) DO NOTHING");
+                    inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            pub(super) async fn query_events(&self, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT seq, id, device_id, time, kind, json FROM events WHERE 1 = 1",
+                );
+                if let Some(v) = &f.device_id {
+                    qb.push(" AND device_id = ").push_bind(v.clone());
+                }
+                if let Some(v) = &f.kind {
+                    qb.push(" AND kind = ").push_bind(v.clone());
+                }
+                if let Some(v) = &f.provider {
+                    qb.push(" AND provider = ").push_bind(v.clone());
+                }
+                if let Some(v) = &f.model {
+                    qb.push(" AND model = ").push_bind(v.clone());
+                }
+                if let Some(v) = f.since {
+                    qb.push(" AND time >= ").push_bind(v.timestamp_millis());
+                }
+                if let Some(v) = f.until {
+                    qb.push(" AND time < ").push_bind(v.timestamp_millis());
+                }
+                if let Some(v) = f.after_seq {
+                    qb.push(" AND seq > ").push_bind(v);
+                }
+                qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(f.limit));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StoredEvent {
+                            seq: r.try_get("seq")?,
+                            id: r.try_get("id")?,
+                            device_id: r.try_get("device_id")?,
+                            time: from_ms(r.try_get("time")?)?,
+                            kind: r.try_get("kind")?,
+                            json: r.try_get("json")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(super) async fn count_events(&self) -> Result<u64, StoreError> {
+                let row = sqlx::query("SELECT COUNT(*) AS n FROM events").fetch_one(&self.pool).await?;
+                to_u64(row.try_get("n")?, "event count")
+            }
+
+            pub(super) async fn put_inventory(
+                &self,
+                device_id: &str,
+                items: &[InventoryRecord],
+                full_snapshot: bool,
+            ) -> Result<u32, StoreError> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                for chunk in items.chunks(INSERT_CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO inventory (device_id, kind, item_id, name, details, first_seen, last_seen) ",
+                    );
+                    qb.push_values(chunk, |mut b, i| {
+                        b.push_bind(device_id)
+                            .push_bind(&i.kind)
+                            .push_bind(&i.item_id)
+                            .push_bind(&i.name)
+                            .push_bind(&i.details)
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    qb.push(
+                        " ON CONFLICT (device_id, kind, item_id) DO UPDATE SET \
+                         name = excluded.name, details = excluded.details, last_seen = excluded.last_seen",
+                    );
+                    qb.build().execute(&mut *tx).await?;
+                }
+                if full_snapshot {
+                    // Everything in this report now has last_seen = now; older rows are gone
+                    // from the device. (A report in the same millisecond counts as this one.)
+                    sqlx::query("DELETE FROM inventory WHERE device_id = $1 AND last_seen < $2")
+                        .bind(device_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(u32::try_from(items.len()).unwrap_or(u32::MAX))
+            }
+
+            pub(super) async fn list_inventory(&self, device_id: &str) -> Result<Vec<InventoryRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT kind, item_id, name, details FROM inventory WHERE device_id = $1 ORDER BY kind, item_id",
+                )
+                .bind(device_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(InventoryRecord {
+                            kind: r.try_get("kind")?,
+                            item_id: r.try_get("item_id")?,
+                            name: r.try_get("name")?,
+                            details: r.try_get("details")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+backend_impl!(SqliteBackend, sqlx::Sqlite);
+backend_impl!(PgBackend, sqlx::Postgres);
