@@ -9,5 +9,7 @@ pub mod fingerprint;
 pub mod jsonc;
 pub mod model;
 pub mod read;
+pub mod scan;
 
 pub use model::{EntryKey, Finding, FindingKind, Inventory, InventoryChange, McpServer, Scope, Transport};
+pub use scan::{scan, HomeSource, ScanConfig};
