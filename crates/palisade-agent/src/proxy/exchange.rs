@@ -1,0 +1,467 @@
+//! One intercepted request/response pair on its way to becoming an
+//! interaction record.
+//!
+//! The response body is wrapped in [`RecordingBody`], which hands every frame
+//! to the client the moment it arrives and lets a parser watch a *copy* of it.
+//! A record is written however the exchange ends: completed, upstream reset,
+//! or client gone (the body is dropped). Parsing, pricing and attribution
+//! happen off the forwarding path, in a spawned task.
+
+use crate::attribution::Attributor;
+use crate::proxy::upstream::{BoxError, ProxyBody};
+use crate::proxy::{ClientConn, ProxyState};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body::{Body, Frame, SizeHint};
+use palisade_core::{
+    AppRef, AuditEvent, CaptureMode, EventKind, Finding, Interaction, PolicyRef, RequestCapture,
+    ResponseCapture, Timing, UserRef,
+};
+use palisade_providers::{BodyDecoder, Endpoint, ParsedResponse, StreamParser};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::OnceCell;
+
+/// Attribution of one client connection, looked up once, lazily, off the
+/// async threads.
+pub struct AppLookup {
+    cell: Arc<OnceCell<(AppRef, Option<String>)>>,
+    attributor: Arc<dyn Attributor>,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl AppLookup {
+    pub fn new(attributor: Arc<dyn Attributor>, peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            cell: Arc::new(OnceCell::new()),
+            attributor,
+            peer,
+            local,
+        }
+    }
+
+    /// Start the lookup now, while the TLS handshake runs.
+    pub fn start(&self) {
+        let this = self.clone_inner();
+        tokio::spawn(async move {
+            this.get().await;
+        });
+    }
+
+    fn clone_inner(&self) -> AppLookup {
+        AppLookup {
+            cell: self.cell.clone(),
+            attributor: self.attributor.clone(),
+            peer: self.peer,
+            local: self.local,
+        }
+    }
+
+    /// The app and OS user behind the connection.
+    pub async fn get(&self) -> (AppRef, Option<String>) {
+        self.cell
+            .get_or_init(|| async {
+                let attributor = self.attributor.clone();
+                let (peer, local) = (self.peer, self.local);
+                let r = tokio::task::spawn_blocking(move || attributor.lookup(peer, local)).await;
+                match r {
+                    Ok(Ok(p)) => (
+                        AppRef {
+                            name: Some(p.name),
+                            exe: p.exe.map(|e| e.display().to_string()),
+                            pid: Some(p.pid),
+                            unknown_reason: None,
+                        },
+                        p.user,
+                    ),
+                    Ok(Err(e)) => (
+                        AppRef {
+                            unknown_reason: Some(e.to_string()),
+                            ..Default::default()
+                        },
+                        None,
+                    ),
+                    Err(e) => (
+                        AppRef {
+                            unknown_reason: Some(format!("attribution task failed: {e}")),
+                            ..Default::default()
+                        },
+                        None,
+                    ),
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+/// What we know about a request when its response starts.
+pub struct Exchange {
+    pub state: Arc<ProxyState>,
+    pub conn: Arc<ClientConn>,
+    pub host: String,
+    pub ep: Endpoint,
+    pub started: Instant,
+    pub time: DateTime<Utc>,
+    pub method: String,
+    pub path: String,
+    /// Captured (possibly encoded) request body, up to the capture cap.
+    pub req_body: Bytes,
+    pub req_encoding: Option<String>,
+    pub req_bytes: u64,
+    /// Bytes of an over-cap body that streamed past the captured prefix.
+    pub req_tail_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub req_truncated: bool,
+    pub policy: PolicyRef,
+    pub capture: CaptureMode,
+    pub findings: Vec<Finding>,
+    pub status: Option<u16>,
+    pub ttfb_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl Exchange {
+    /// Finish with no response body (refused, upstream failed, websocket).
+    pub fn finish_without_body(self, error: Option<String>) {
+        let resp = ResponseData {
+            error,
+            ..Default::default()
+        };
+        spawn_record(self, resp);
+    }
+}
+
+/// What was seen of the response.
+#[derive(Default)]
+pub struct ResponseData {
+    pub parsed_stream: Option<ParsedResponse>,
+    /// Decoded copy of a non-streamed body, up to the cap.
+    pub body: Vec<u8>,
+    pub bytes: u64,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub decode_error: Option<String>,
+    pub sse_garbage: u64,
+}
+
+/// Watches response bytes pass.
+pub struct ResponseTap {
+    ex: Option<Exchange>,
+    decoder: Option<BodyDecoder>,
+    stream: Option<StreamParser>,
+    data: ResponseData,
+    cap: usize,
+}
+
+impl ResponseTap {
+    pub fn new(ex: Exchange, content_type: Option<&str>, encoding: Option<&str>) -> Self {
+        let mut data = ResponseData::default();
+        let decoder = match encoding {
+            None => None,
+            Some(enc) => match BodyDecoder::new(Some(enc)) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    data.decode_error = Some(format!("cannot decode response for parsing: {e}"));
+                    None
+                }
+            },
+        };
+        let is_stream = content_type
+            .map(|c| c.to_ascii_lowercase().starts_with("text/event-stream"))
+            .unwrap_or(false)
+            || ex.ep.stream_from_path;
+        let stream = is_stream.then(|| StreamParser::new(&ex.ep));
+        let cap = ex.state.capture_max_bytes;
+        Self {
+            ex: Some(ex),
+            decoder,
+            stream,
+            data,
+            cap,
+        }
+    }
+
+    fn on_data(&mut self, chunk: &[u8]) {
+        if self.data.bytes == 0 {
+            if let Some(ex) = self.ex.as_mut() {
+                ex.ttfb_ms = Some(ex.started.elapsed().as_millis() as u64);
+            }
+        }
+        self.data.bytes += chunk.len() as u64;
+        if self.data.decode_error.is_some() {
+            return;
+        }
+        let decoded;
+        let plain: &[u8] = match self.decoder.as_mut() {
+            None => chunk,
+            Some(d) => match d.feed(chunk) {
+                Ok(v) => {
+                    decoded = v;
+                    &decoded
+                }
+                Err(e) => {
+                    self.data.decode_error = Some(format!("cannot decode response for parsing: {e}"));
+                    return;
+                }
+            },
+        };
+        self.take(plain);
+    }
+
+    fn take(&mut self, plain: &[u8]) {
+        if let Some(p) = self.stream.as_mut() {
+            p.feed(plain);
+        } else {
+            let room = self.cap.saturating_sub(self.data.body.len());
+            if plain.len() > room {
+                self.data.truncated = true;
+            }
+            self.data.body.extend_from_slice(&plain[..plain.len().min(room)]);
+        }
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        let Some(ex) = self.ex.take() else { return };
+        if error.is_none() {
+            if let Some(d) = self.decoder.as_mut() {
+                match d.finish() {
+                    Ok(rest) => self.take(&rest.clone()),
+                    Err(e) => {
+                        self.data.decode_error =
+                            Some(format!("cannot decode response for parsing: {e}"))
+                    }
+                }
+            }
+        }
+        let mut data = std::mem::take(&mut self.data);
+        data.error = error;
+        if let Some(p) = self.stream.take() {
+            data.sse_garbage = p.garbage_lines();
+            data.parsed_stream = Some(p.finish());
+        }
+        spawn_record(ex, data);
+    }
+}
+
+/// The response body handed to the client: forwards frames as they arrive.
+pub struct RecordingBody {
+    inner: hyper::body::Incoming,
+    tap: ResponseTap,
+}
+
+impl RecordingBody {
+    pub fn new(inner: hyper::body::Incoming, tap: ResponseTap) -> Self {
+        Self { inner, tap }
+    }
+}
+
+impl Body for RecordingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.tap.on_data(d);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!(
+                    "upstream stream interrupted: {}",
+                    crate::proxy::error::chain(&e)
+                );
+                this.tap.finish(Some(msg));
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.tap.finish(None);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordingBody {
+    fn drop(&mut self) {
+        // Still unfinished: the client went away before the response ended.
+        self.tap
+            .finish(Some("client disconnected before the response completed".into()));
+    }
+}
+
+impl From<RecordingBody> for ProxyBody {
+    fn from(b: RecordingBody) -> Self {
+        http_body_util::BodyExt::boxed_unsync(b)
+    }
+}
+
+fn spawn_record(ex: Exchange, resp: ResponseData) {
+    // Drop may run outside a runtime during shutdown; build inline then.
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn(async move {
+                let recorder = ex.state.recorder.clone();
+                let ev = build_event(ex, resp).await;
+                recorder.record(ev);
+            });
+        }
+        Err(_) => tracing::warn!("Record dropped: no runtime to build it on"),
+    }
+}
+
+/// Turn what was seen into an interaction record.
+pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
+    let (app, os_user) = ex.conn.app.get().await;
+    let state = &ex.state;
+
+    // Request side: decode a copy, parse.
+    let mut errors: Vec<String> = Vec::new();
+    let req_plain = match ex.req_encoding.as_deref() {
+        None => ex.req_body.to_vec(),
+        Some(enc) => match BodyDecoder::new(Some(enc)).and_then(|mut d| {
+            let mut v = d.feed(&ex.req_body)?;
+            if !ex.req_truncated {
+                v.extend(d.finish()?);
+            }
+            Ok(v)
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("cannot decode request for parsing: {e}"));
+                Vec::new()
+            }
+        },
+    };
+    let preq = if req_plain.is_empty() {
+        Default::default()
+    } else {
+        palisade_providers::parse_request(&ex.ep, &req_plain)
+    };
+    if let Some(e) = &preq.error {
+        if !ex.req_truncated {
+            errors.push(e.clone());
+        }
+    }
+
+    // Response side.
+    let status = ex.status.unwrap_or(0);
+    let presp = match resp.parsed_stream {
+        Some(p) => p,
+        None if !resp.body.is_empty() && !resp.truncated => {
+            palisade_providers::parse_response(&ex.ep, status, &resp.body)
+        }
+        None => Default::default(),
+    };
+    if let Some(e) = &ex.error {
+        errors.insert(0, e.clone());
+    }
+    if let Some(e) = &resp.error {
+        errors.insert(0, e.clone());
+    }
+    if let Some(e) = &presp.error {
+        errors.push(e.clone());
+    }
+    if let Some(e) = &resp.decode_error {
+        errors.push(e.clone());
+    }
+    if resp.sse_garbage > 0 {
+        errors.push(format!(
+            "{} unparseable line(s) in the event stream were forwarded untouched",
+            resp.sse_garbage
+        ));
+    }
+
+    let model = presp
+        .model
+        .clone()
+        .or(preq.model.clone())
+        .or(ex.ep.model_from_path.clone());
+    let cost_usd = model
+        .as_deref()
+        .and_then(|m| {
+            state.prices.cost_with_cache_writes(
+                &ex.ep.provider,
+                m,
+                &presp.usage,
+                presp.cache_creation_input_tokens,
+            )
+        });
+
+    let (prompt, text) = match ex.capture {
+        CaptureMode::Metadata => (None, None),
+        // Redaction of captured text is applied by the guard before this point.
+        CaptureMode::Full | CaptureMode::Redacted => (preq.prompt.clone(), presp.text.clone()),
+    };
+
+    let interaction = Interaction {
+        provider: ex.ep.provider.clone(),
+        host: ex.host.clone(),
+        endpoint: ex.ep.name.to_string(),
+        model,
+        stream: preq.stream || ex.ep.stream_from_path,
+        request: RequestCapture {
+            prompt,
+            params: preq.params.clone(),
+            method: ex.method.clone(),
+            path: ex.path.clone(),
+            bytes: ex.req_bytes
+                + ex
+                    .req_tail_bytes
+                    .as_ref()
+                    .map(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+                    .unwrap_or(0),
+            truncated: ex.req_truncated,
+        },
+        response: ResponseCapture {
+            status: ex.status,
+            text,
+            stop_reason: presp.stop_reason.clone(),
+            bytes: resp.bytes,
+            truncated: resp.truncated,
+        },
+        usage: presp.usage.clone(),
+        cost_usd,
+        policy: ex.policy.clone(),
+        findings: ex.findings.clone(),
+        timing: Timing {
+            duration_ms: ex.started.elapsed().as_millis() as u64,
+            ttfb_ms: ex.ttfb_ms,
+        },
+        error: if errors.is_empty() {
+            None
+        } else {
+            Some(errors.join("; "))
+        },
+    };
+    let mut ev = AuditEvent::new(
+        EventKind::Interaction,
+        state.device.clone(),
+        UserRef {
+            os_user: os_user.or_else(crate::attribution::current_os_user),
+            email: state.owner_email.clone(),
+        },
+    );
+    ev.time = ex.time;
+    ev.app = Some(app);
+    ev.interaction = Some(interaction);
+    ev
+}

@@ -1,0 +1,503 @@
+//! TLS interception for AI hosts: terminate the client's TLS with a leaf
+//! minted for the host, speak HTTP/1.1 or HTTP/2 as ALPN decided, forward each
+//! request upstream over verified TLS, and record it.
+//!
+//! This module must never alter forwarded bytes it was not asked to alter
+//! (bodies pass through unchanged; only hop-by-hop headers are dropped), and
+//! must write a record however an exchange ends.
+
+use crate::proxy::error::{ErrorSource, ProxyError};
+use crate::proxy::exchange::{Exchange, RecordingBody, ResponseTap};
+use crate::proxy::upstream::{connect_tls_h1, BoxError, ProxyBody};
+use crate::proxy::{empty, full, ClientConn, ProxyState};
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::stream;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use palisade_core::{PolicyRef, RecordDecision};
+use palisade_providers::{classify, ApiFormat};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+/// Serve one intercepted CONNECT tunnel.
+pub async fn intercept<IO>(
+    io: IO,
+    host: String,
+    port: u16,
+    provider: String,
+    state: Arc<ProxyState>,
+    conn: Arc<ClientConn>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    conn.app.start();
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match acceptor.await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("client did not start a TLS handshake after CONNECT to {host}: {e}");
+            warn!(host, error = %e, "Non-TLS bytes after CONNECT to an AI host; connection refused");
+            record_failure(&state, &conn, &host, &provider, msg);
+            return;
+        }
+    };
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let config = match &sni {
+        Some(_) => state.mitm_config.clone(),
+        // No SNI: the CONNECT target names the host.
+        None => match state.leaves.get(&host) {
+            Ok(key) => palisade_tls::single_cert_server_config(key),
+            Err(e) => {
+                warn!(host, error = %e, "Cannot mint a certificate");
+                record_failure(&state, &conn, &host, &provider, format!("cannot mint a certificate for {host}: {e}"));
+                return;
+            }
+        },
+    };
+    let tls = match start.into_stream(config).await {
+        Ok(t) => t,
+        Err(e) => {
+            debug!(host, error = %e, "Client TLS handshake failed");
+            record_failure(
+                &state,
+                &conn,
+                &host,
+                &provider,
+                format!("client TLS handshake failed (is the Palisade CA trusted?): {e}"),
+            );
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    // The upstream is the host the client asked for in its TLS hello.
+    let target = Arc::new(Target {
+        host: sni.unwrap_or(host),
+        port,
+        provider,
+    });
+    let svc = {
+        let state = state.clone();
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req| {
+            let (state, conn, target) = (state.clone(), conn.clone(), target.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    forward(req, "https", &target, state, conn).await,
+                )
+            }
+        })
+    };
+    let io = TokioIo::new(tls);
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(error) = result {
+        debug!(%error, "Intercepted connection ended with error");
+    }
+}
+
+/// Where requests on this connection go.
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub provider: String,
+}
+
+/// Plain-HTTP forward proxying (`GET http://host/...`). AI hosts are recorded
+/// as well; everything else is forwarded untouched.
+pub async fn forward_plain(
+    req: Request<Incoming>,
+    state: Arc<ProxyState>,
+    conn: Arc<ClientConn>,
+) -> Response<ProxyBody> {
+    let Some(host) = req.uri().host().map(str::to_string) else {
+        return ProxyError::new(ErrorSource::Client, "request URI has no host").into();
+    };
+    if req.uri().scheme_str() != Some("http") {
+        return ProxyError::new(
+            ErrorSource::Client,
+            "only http:// URIs can be forwarded; use CONNECT for https",
+        )
+        .into();
+    }
+    let port = req.uri().port_u16().unwrap_or(80);
+    let provider = state.policy.current().ai_provider_for(&host).map(str::to_string);
+    state
+        .stats
+        .forwarded_plain
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match provider {
+        Some(provider) => {
+            conn.app.start();
+            let target = Target { host, port, provider };
+            forward(req, "http", &target, state, conn).await
+        }
+        None => {
+            let (mut parts, body) = req.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.version = Version::HTTP_11;
+            let req = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+            match state.client.request(req).await {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+                }
+                Err(e) => ProxyError::from_client_error(&host, &e).into(),
+            }
+        }
+    }
+}
+
+/// Forward one request to the AI upstream and record it.
+async fn forward(
+    req: Request<Incoming>,
+    scheme: &str,
+    target: &Target,
+    state: Arc<ProxyState>,
+    conn: Arc<ClientConn>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let time = Utc::now();
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let ep = classify(&target.provider, parts.method.as_str(), &path);
+    let policy = state.policy.current();
+    let mut ex = Exchange {
+        state: state.clone(),
+        conn: conn.clone(),
+        host: target.host.clone(),
+        ep,
+        started,
+        time,
+        method: parts.method.to_string(),
+        path: path.clone(),
+        req_body: Bytes::new(),
+        req_encoding: header_str(&parts.headers, header::CONTENT_ENCODING),
+        req_bytes: 0,
+        req_tail_bytes: None,
+        req_truncated: false,
+        policy: PolicyRef {
+            decision: RecordDecision::Allow,
+            rule: None,
+            version: policy.version,
+        },
+        capture: policy.capture,
+        findings: Vec::new(),
+        status: None,
+        ttfb_ms: None,
+        error: None,
+    };
+
+    if is_upgrade(&parts.headers) {
+        return websocket(parts, body, target, ex).await;
+    }
+
+    // Capture the request body up to the cap; beyond it, stream the rest.
+    let (captured, rest) = match read_capped(body, state.capture_max_bytes, &state).await {
+        Ok(r) => r,
+        Err(e) => {
+            ex.req_bytes = e.bytes_seen;
+            ex.error = Some(e.message.clone());
+            ex.finish_without_body(None);
+            return ProxyError::new(ErrorSource::Client, e.message).into();
+        }
+    };
+    ex.req_bytes = captured.len() as u64;
+    ex.req_truncated = rest.is_some();
+    ex.req_body = captured.clone();
+
+    let uri = format!(
+        "{scheme}://{}{}{}",
+        target.host,
+        if (scheme == "https" && target.port == 443) || (scheme == "http" && target.port == 80) {
+            String::new()
+        } else {
+            format!(":{}", target.port)
+        },
+        path
+    );
+    parts.uri = match uri.parse::<Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!("cannot build upstream URI: {e}");
+            ex.error = Some(msg.clone());
+            ex.finish_without_body(None);
+            return ProxyError::new(ErrorSource::Client, msg).into();
+        }
+    };
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if parts.headers.get(header::HOST).is_none() {
+        if let Ok(v) = HeaderValue::from_str(&target.host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let up_body: ProxyBody = match rest {
+        None => full(captured),
+        Some(rest) => {
+            let head = stream::iter([Ok::<_, BoxError>(Frame::data(captured))]);
+            let tail = http_body_util::BodyStream::new(rest.body);
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            ex.req_tail_bytes = Some(counter.clone());
+            let tail = futures_util::StreamExt::map(tail, move |r| {
+                if let Some(d) = r.as_ref().ok().and_then(|f| f.data_ref()) {
+                    counter.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                r.map_err(|e| -> BoxError { Box::new(e) })
+            });
+            StreamBody::new(futures_util::StreamExt::chain(head, tail)).boxed_unsync()
+        }
+    };
+    let format = ex.ep.format;
+    let resp = match state.client.request(Request::from_parts(parts, up_body)).await {
+        Ok(r) => r,
+        Err(e) => {
+            let err = ProxyError::from_client_error(&target.host, &e);
+            warn!(host = %target.host, error = %err.message, "Upstream request failed");
+            ex.error = Some(err.message.clone());
+            ex.status = Some(StatusCode::BAD_GATEWAY.as_u16());
+            ex.finish_without_body(None);
+            return provider_error(format, StatusCode::BAD_GATEWAY, &err.message);
+        }
+    };
+    ex.status = Some(resp.status().as_u16());
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let tap = ResponseTap::new(
+        ex,
+        header_str(&parts.headers, header::CONTENT_TYPE).as_deref(),
+        header_str(&parts.headers, header::CONTENT_ENCODING).as_deref(),
+    );
+    Response::from_parts(parts, RecordingBody::new(body, tap).into())
+}
+
+struct ReadError {
+    message: String,
+    bytes_seen: u64,
+}
+
+/// The remainder of a body that was larger than the capture cap.
+struct Rest {
+    body: Incoming,
+}
+
+/// Read frames until the body ends or `cap` bytes were captured.
+async fn read_capped(
+    mut body: Incoming,
+    cap: usize,
+    state: &ProxyState,
+) -> Result<(Bytes, Option<Rest>), ReadError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = tokio::time::timeout(state.client_idle_timeout, body.frame()).await;
+        match frame {
+            Err(_) => {
+                return Err(ReadError {
+                    message: format!(
+                        "client went silent for {}s in the middle of its request body",
+                        state.client_idle_timeout.as_secs_f32()
+                    ),
+                    bytes_seen: buf.len() as u64,
+                })
+            }
+            Ok(None) => return Ok((buf.freeze(), None)),
+            Ok(Some(Err(e))) => {
+                return Err(ReadError {
+                    message: format!("client aborted its request body: {e}"),
+                    bytes_seen: buf.len() as u64,
+                })
+            }
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                    if buf.len() > cap {
+                        return Ok((buf.freeze(), Some(Rest { body })));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// WebSocket (or any HTTP/1.1 upgrade): pass through intact, record the handshake.
+async fn websocket(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    target: &Target,
+    mut ex: Exchange,
+) -> Response<ProxyBody> {
+    ex.ep.name = "websocket";
+    let state = ex.state.clone();
+    let client_req = Request::from_parts(parts.clone(), ());
+    let tls = match connect_tls_h1(&state.dialer, &state.upstream_tls, &target.host, target.port).await {
+        Ok(t) => t,
+        Err(e) => {
+            ex.error = Some(e.message.clone());
+            ex.status = Some(502);
+            ex.finish_without_body(None);
+            return e.into();
+        }
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("upstream {} HTTP handshake failed: {e}", target.host);
+                ex.error = Some(msg.clone());
+                ex.finish_without_body(None);
+                return ProxyError::new(ErrorSource::Upstream, msg).into();
+            }
+        };
+    tokio::spawn(connection.with_upgrades());
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .unwrap_or_default();
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+    let mut resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("upstream {} failed the upgrade request: {e}", target.host);
+            ex.error = Some(msg.clone());
+            ex.finish_without_body(None);
+            return ProxyError::new(ErrorSource::Upstream, msg).into();
+        }
+    };
+    ex.status = Some(resp.status().as_u16());
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (parts, body) = resp.into_parts();
+        let tap = ResponseTap::new(ex, None, None);
+        return Response::from_parts(parts, RecordingBody::new(body, tap).into());
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let client_upgrade = hyper::upgrade::on(client_req);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                let err = r.err().map(|e| format!("websocket closed with error: {e}"));
+                ex.finish_without_body(err);
+            }
+            Err(e) => ex.finish_without_body(Some(format!("websocket upgrade failed: {e}"))),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, empty())
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE).is_some()
+        && h
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .unwrap_or(false)
+}
+
+fn header_str(h: &HeaderMap, name: HeaderName) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including any the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
+/// An error body in the provider's own format, so the app shows a readable message.
+pub fn provider_error(format: ApiFormat, status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = match format {
+        ApiFormat::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": {"type": "palisade_error", "message": message},
+        }),
+        ApiFormat::Gemini => serde_json::json!({
+            "error": {"code": status.as_u16(), "message": message, "status": status.canonical_reason().unwrap_or("ERROR").to_ascii_uppercase().replace(' ', "_")},
+        }),
+        _ => serde_json::json!({
+            "error": {"message": message, "type": "palisade_error", "code": status.as_u16()},
+        }),
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-palisade-error", "1")
+        .body(full(body.to_string()))
+        .expect("valid response")
+}
+
+/// A record for a connection that never got to a request.
+fn record_failure(state: &Arc<ProxyState>, conn: &Arc<ClientConn>, host: &str, provider: &str, msg: String) {
+    let policy = state.policy.current();
+    let ex = Exchange {
+        state: state.clone(),
+        conn: conn.clone(),
+        host: host.to_string(),
+        ep: classify(provider, "CONNECT", "/"),
+        started: Instant::now(),
+        time: Utc::now(),
+        method: String::new(),
+        path: String::new(),
+        req_body: Bytes::new(),
+        req_encoding: None,
+        req_bytes: 0,
+        req_tail_bytes: None,
+        req_truncated: false,
+        policy: PolicyRef {
+            decision: RecordDecision::Allow,
+            rule: None,
+            version: policy.version,
+        },
+        capture: policy.capture,
+        findings: Vec::new(),
+        status: None,
+        ttfb_ms: None,
+        error: Some(msg),
+    };
+    ex.finish_without_body(None);
+}

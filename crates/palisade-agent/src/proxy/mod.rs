@@ -1,0 +1,263 @@
+//! The local proxy listener: explicit `CONNECT`, plain-HTTP forwarding and
+//! `/proxy.pac`.
+//!
+//! Architecture invariants kept here:
+//! - Only hosts that policy names as AI providers are decrypted; every other
+//!   CONNECT is a blind byte tunnel that is never parsed or recorded beyond a
+//!   connection count.
+//! - The decision is made from the CONNECT target alone, before reading a
+//!   byte from the client, so server-speaks-first protocols never stall.
+//! - The proxy never waits on the control plane: policy is read from a local
+//!   handle, and records go to the spool through the recorder.
+
+pub mod error;
+pub mod exchange;
+pub mod intercept;
+pub mod pac;
+pub mod upstream;
+
+use crate::attribution::Attributor;
+use crate::recorder::Recorder;
+use bytes::Bytes;
+use error::{ErrorSource, ProxyError};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use palisade_core::{DeviceRef, Policy};
+use palisade_providers::PriceTable;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+use upstream::{BoxError, Dialer, ProxyBody, UpstreamClient};
+
+/// The policy currently in force, swapped atomically when a new one arrives.
+#[derive(Clone)]
+pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+
+impl PolicyHandle {
+    pub fn new(p: Policy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(p))))
+    }
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set(&self, p: Policy) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+    }
+}
+
+/// Counters exposed for tests, `palisade status` and benchmarks.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub connections: AtomicU64,
+    pub tunnels: AtomicU64,
+    pub intercepted: AtomicU64,
+    pub forwarded_plain: AtomicU64,
+}
+
+/// Everything a connection needs, shared by all connections.
+pub struct ProxyState {
+    pub policy: PolicyHandle,
+    pub leaves: Arc<palisade_tls::LeafCache>,
+    pub mitm_config: Arc<rustls::ServerConfig>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub client: UpstreamClient,
+    pub dialer: Dialer,
+    pub prices: Arc<PriceTable>,
+    pub recorder: Recorder,
+    pub attributor: Arc<dyn Attributor>,
+    pub device: DeviceRef,
+    pub owner_email: Option<String>,
+    pub capture_max_bytes: usize,
+    /// How long a client may stay silent mid-request before we give up.
+    pub client_idle_timeout: Duration,
+    pub stats: ProxyStats,
+    /// The address clients reach the proxy on (for the PAC file).
+    pub public_addr: SocketAddr,
+}
+
+/// Accept connections until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("Proxy listener stopping");
+                return;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let state = state.clone();
+                    state.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move { serve_client(stream, peer, state).await });
+                }
+                Err(error) => {
+                    warn!(%error, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Per-client-connection facts.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub app: exchange::AppLookup,
+}
+
+async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState>) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(state.public_addr);
+    let conn = Arc::new(ClientConn {
+        peer,
+        local,
+        app: exchange::AppLookup::new(state.attributor.clone(), peer, local),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, state, conn).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .title_case_headers(false)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
+    if let Err(error) = result {
+        debug!(%error, %peer, "Client connection ended with error");
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<ProxyState>,
+    conn: Arc<ClientConn>,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return connect(req, state, conn);
+    }
+    if req.uri().scheme().is_some() {
+        return intercept::forward_plain(req, state, conn).await;
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/proxy.pac") => {
+            let body = pac::render(&state.policy.current(), state.public_addr);
+            Response::builder()
+                .header(http::header::CONTENT_TYPE, pac::CONTENT_TYPE)
+                .header(http::header::CACHE_CONTROL, "max-age=60")
+                .body(full(body))
+                .expect("valid response")
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "this is the Palisade proxy: use it as an HTTP(S) proxy, or fetch /proxy.pac\n",
+        ),
+    }
+}
+
+/// Split a CONNECT authority into host and port.
+fn authority(req: &Request<Incoming>) -> Option<(String, u16)> {
+    let auth = req.uri().authority()?;
+    Some((auth.host().to_string(), auth.port_u16().unwrap_or(443)))
+}
+
+fn connect(
+    req: Request<Incoming>,
+    state: Arc<ProxyState>,
+    conn: Arc<ClientConn>,
+) -> Response<ProxyBody> {
+    let Some((host, port)) = authority(&req) else {
+        return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n");
+    };
+    let provider = state
+        .policy
+        .current()
+        .ai_provider_for(&host)
+        .map(str::to_string);
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(error) => {
+                debug!(%error, host, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        match provider {
+            Some(provider) => {
+                state.stats.intercepted.fetch_add(1, Ordering::Relaxed);
+                intercept::intercept(TokioIo::new(upgraded), host, port, provider, state, conn)
+                    .await
+            }
+            None => {
+                state.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+                tunnel(TokioIo::new(upgraded), &host, port, &state).await
+            }
+        }
+    });
+    Response::new(empty())
+}
+
+/// A blind tunnel: bytes both ways, never decrypted, never parsed.
+async fn tunnel(
+    mut client: TokioIo<hyper::upgrade::Upgraded>,
+    host: &str,
+    port: u16,
+    state: &ProxyState,
+) {
+    let mut upstream = match state.dialer.connect(host, port).await {
+        Ok(s) => s,
+        Err(error) => {
+            debug!(%error, host, port, "Tunnel connect failed");
+            return;
+        }
+    };
+    if let Err(error) =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024)
+            .await
+    {
+        debug!(%error, host, port, "Tunnel closed with error");
+    }
+}
+
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into())
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+pub fn text(status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(msg.to_string()))
+        .expect("valid response")
+}
+
+impl From<ProxyError> for Response<ProxyBody> {
+    fn from(e: ProxyError) -> Self {
+        let status = match e.source {
+            ErrorSource::Client => StatusCode::BAD_REQUEST,
+            ErrorSource::Upstream => StatusCode::BAD_GATEWAY,
+            ErrorSource::Policy => StatusCode::FORBIDDEN,
+            ErrorSource::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        text(status, &format!("palisade: {}\n", e.message))
+    }
+}
