@@ -10,8 +10,8 @@
 
 use crate::{crypto, KeyStore, Secret, TlsError};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::CertificateDer;
 use std::fmt;
@@ -57,7 +57,11 @@ impl DeviceCa {
     /// becomes `Palisade Device CA <label>`. A label that already starts with
     /// that prefix is used as the whole CN. The CN of an existing, valid
     /// certificate is kept even if the label changed, so trust stays valid.
-    pub fn load_or_create(store: &KeyStore, cert_dir: &Path, common_name: &str) -> Result<DeviceCa, TlsError> {
+    pub fn load_or_create(
+        store: &KeyStore,
+        cert_dir: &Path,
+        common_name: &str,
+    ) -> Result<DeviceCa, TlsError> {
         let cn = ca_common_name(common_name)?;
         let cert_path = cert_dir.join(CA_CERT_FILE);
         let (key, created) = match store.get(CA_KEY_NAME)? {
@@ -78,7 +82,11 @@ impl DeviceCa {
             }
         };
 
-        let existing = if created { Err("new key".to_string()) } else { read_matching_cert(&cert_path, &key)? };
+        let existing = if created {
+            Err("new key".to_string())
+        } else {
+            read_matching_cert(&cert_path, &key)?
+        };
         let (cert_der, cert_pem) = match existing {
             Ok(found) => {
                 info!(cert = %cert_path.display(), backend = %store.backend(), "Loaded device CA");
@@ -96,8 +104,12 @@ impl DeviceCa {
             }
         };
 
-        let parsed = parse_cert(&cert_der).map_err(|reason| TlsError::BadCertificate { path: cert_path.clone(), reason })?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(TlsError::cert_gen("device CA issuer"))?;
+        let parsed = parse_cert(&cert_der).map_err(|reason| TlsError::BadCertificate {
+            path: cert_path.clone(),
+            reason,
+        })?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(TlsError::cert_gen("device CA issuer"))?;
         Ok(DeviceCa {
             issuer,
             cert_der,
@@ -148,14 +160,23 @@ impl fmt::Debug for DeviceCa {
 
 fn ca_common_name(label: &str) -> Result<String, TlsError> {
     let label = label.trim();
-    let err = |reason| Err(TlsError::InvalidCommonName { name: label.to_string(), reason });
+    let err = |reason| {
+        Err(TlsError::InvalidCommonName {
+            name: label.to_string(),
+            reason,
+        })
+    };
     if label.is_empty() {
         return err("empty");
     }
     if label.chars().any(char::is_control) {
         return err("contains control characters");
     }
-    let cn = if label.starts_with(CA_CN_PREFIX) { label.to_string() } else { format!("{CA_CN_PREFIX} {label}") };
+    let cn = if label.starts_with(CA_CN_PREFIX) {
+        label.to_string()
+    } else {
+        format!("{CA_CN_PREFIX} {label}")
+    };
     // X.509 upper bound for a common name (RFC 5280 ub-common-name).
     if cn.chars().count() > 64 {
         return err("the CA common name would exceed 64 characters");
@@ -165,10 +186,14 @@ fn ca_common_name(label: &str) -> Result<String, TlsError> {
 
 fn parse_key(secret: &Secret) -> Result<KeyPair, TlsError> {
     let what = "device CA key (key store entry device-ca-key)";
-    let pem = secret
-        .expose_str()
-        .ok_or_else(|| TlsError::InvalidKey { what, reason: "not UTF-8 PEM".to_string() })?;
-    KeyPair::from_pem(pem).map_err(|e| TlsError::InvalidKey { what, reason: e.to_string() })
+    let pem = secret.expose_str().ok_or_else(|| TlsError::InvalidKey {
+        what,
+        reason: "not UTF-8 PEM".to_string(),
+    })?;
+    KeyPair::from_pem(pem).map_err(|e| TlsError::InvalidKey {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 fn issue_ca_cert(key: &KeyPair, cn: &str) -> Result<rcgen::Certificate, TlsError> {
@@ -183,7 +208,9 @@ fn issue_ca_cert(key: &KeyPair, cn: &str) -> Result<rcgen::Certificate, TlsError
     params.not_before = (now - BACKDATE).into();
     params.not_after = (now + CA_VALIDITY).into();
     params.serial_number = Some(crypto::random_serial()?);
-    params.self_signed(key).map_err(TlsError::cert_gen("device CA certificate"))
+    params
+        .self_signed(key)
+        .map_err(TlsError::cert_gen("device CA certificate"))
 }
 
 /// `Ok(Ok(..))`: a usable certificate for `key`. `Ok(Err(why))`: re-issue.
@@ -195,8 +222,12 @@ fn read_matching_cert(
 ) -> Result<Result<(CertificateDer<'static>, String), String>, TlsError> {
     let pem = match fs::read_to_string(path) {
         Ok(pem) => pem,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err("certificate file missing".into())),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Err("certificate file is not text".into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Err("certificate file missing".into()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Ok(Err("certificate file is not text".into()))
+        }
         Err(e) => return Err(TlsError::io("reading CA certificate", path, e)),
     };
     let der = match crate::trust::pem_certs(pem.as_bytes()) {
@@ -230,7 +261,11 @@ struct ParsedCert {
 
 fn parse_cert(der: &CertificateDer<'_>) -> Result<ParsedCert, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
     let ts = cert.validity().not_after.timestamp();
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).unwrap_or(0));
     let common_name = cert
@@ -240,7 +275,12 @@ fn parse_cert(der: &CertificateDer<'_>) -> Result<ParsedCert, String> {
         .and_then(|cn| cn.as_str().ok())
         .unwrap_or_default()
         .to_string();
-    Ok(ParsedCert { public_key: cert.public_key().subject_public_key.data.to_vec(), is_ca, not_after, common_name })
+    Ok(ParsedCert {
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        is_ca,
+        not_after,
+        common_name,
+    })
 }
 
 /// Atomically write a public (0644) file, creating its directory.
@@ -256,7 +296,9 @@ fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
                 .map_err(|e| TlsError::io("setting mode 0644 on", &tmp, e))?;
         }
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| TlsError::io("syncing", &tmp, e))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| TlsError::io("syncing", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| TlsError::io("renaming certificate onto", path, e))
     })();
     if result.is_err() {

@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 /// The `ring` provider, built once.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A random, positive 128-bit certificate serial number.
@@ -19,7 +21,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// same key never repeats an issuer+serial pair, which browsers reject.
 pub(crate) fn random_serial() -> Result<rcgen::SerialNumber, TlsError> {
     let mut bytes = [0u8; 16];
-    provider().secure_random.fill(&mut bytes).map_err(rustls::Error::from)?;
+    provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(rustls::Error::from)?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // never a leading zero byte, so the encoding is exactly 16 bytes
     Ok(rcgen::SerialNumber::from_slice(&bytes))

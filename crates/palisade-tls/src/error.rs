@@ -41,7 +41,11 @@ pub enum TlsError {
 
     /// The OS keyring failed (message only; see module docs).
     #[error("keyring {op} of {name:?} failed: {message}")]
-    Keyring { op: &'static str, name: String, message: String },
+    Keyring {
+        op: &'static str,
+        name: String,
+        message: String,
+    },
 
     /// A CA common name (device label) that cannot be used.
     #[error("invalid device CA name {name:?}: {reason}")]
@@ -86,7 +90,11 @@ pub enum TlsError {
 
 impl TlsError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        TlsError::Io { op, path: path.into(), source }
+        TlsError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn cert_gen(what: &'static str) -> impl FnOnce(rcgen::Error) -> Self {

@@ -70,12 +70,19 @@ impl KeyStore {
     /// and why. On headless Linux (no D-Bus session / no Secret Service) it is
     /// `File`.
     pub fn open(service: &str, fallback_dir: &Path) -> KeyStore {
-        let files = FileStore { dir: fallback_dir.to_path_buf() };
+        let files = FileStore {
+            dir: fallback_dir.to_path_buf(),
+        };
         match probe_keyring(service) {
             Ok(()) => {
                 let reason = "keyring probe (write, read, delete) succeeded".to_string();
                 info!(backend = "keyring", reason = %reason, service, "Key store selected");
-                KeyStore { backend: KeyBackend::Keyring, service: service.to_string(), files, reason }
+                KeyStore {
+                    backend: KeyBackend::Keyring,
+                    service: service.to_string(),
+                    files,
+                    reason,
+                }
             }
             Err(why) => {
                 let reason = format!("no usable OS keyring: {why}");
@@ -89,7 +96,12 @@ impl KeyStore {
                     // Not fatal here: every later `set` retries and reports it.
                     warn!(%error, dir = %fallback_dir.display(), "Key directory not usable yet");
                 }
-                KeyStore { backend: KeyBackend::File, service: service.to_string(), files, reason }
+                KeyStore {
+                    backend: KeyBackend::File,
+                    service: service.to_string(),
+                    files,
+                    reason,
+                }
             }
         }
     }
@@ -97,11 +109,18 @@ impl KeyStore {
     /// Force the file backend (tests, `palisade up`). Creates the directory
     /// with mode 0700, or tightens an existing one we own.
     pub fn open_file(fallback_dir: &Path) -> Result<KeyStore, TlsError> {
-        let files = FileStore { dir: fallback_dir.to_path_buf() };
+        let files = FileStore {
+            dir: fallback_dir.to_path_buf(),
+        };
         files.ensure_dir()?;
         let reason = "file backend requested explicitly".to_string();
         info!(backend = "file", reason = %reason, dir = %fallback_dir.display(), "Key store selected");
-        Ok(KeyStore { backend: KeyBackend::File, service: String::new(), files, reason })
+        Ok(KeyStore {
+            backend: KeyBackend::File,
+            service: String::new(),
+            files,
+            reason,
+        })
     }
 
     pub fn backend(&self) -> KeyBackend {
@@ -170,7 +189,12 @@ impl fmt::Debug for KeyStore {
 }
 
 fn validate_name(name: &str) -> Result<(), TlsError> {
-    let err = |reason| Err(TlsError::InvalidKeyName { name: name.to_string(), reason });
+    let err = |reason| {
+        Err(TlsError::InvalidKeyName {
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return err("empty");
     }
@@ -180,7 +204,10 @@ fn validate_name(name: &str) -> Result<(), TlsError> {
     if name.starts_with('.') {
         return err("must not start with '.'");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
         return err("only ASCII letters, digits, '-', '_' and '.' are allowed");
     }
     Ok(())
@@ -208,7 +235,9 @@ impl FileStore {
                 builder.recursive(true);
                 #[cfg(unix)]
                 std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-                builder.create(dir).map_err(|e| TlsError::io("creating key directory", dir, e))?;
+                builder
+                    .create(dir)
+                    .map_err(|e| TlsError::io("creating key directory", dir, e))?;
                 set_mode(dir, 0o700).map_err(|e| TlsError::io("setting mode 0700 on", dir, e))?;
                 Ok(())
             }
@@ -230,7 +259,9 @@ impl FileStore {
             Err(e) => return Err(TlsError::io("opening key file", &path, e)),
         };
         // Checks run on the opened descriptor, so a swapped file cannot slip in.
-        let meta = file.metadata().map_err(|e| TlsError::io("inspecting key file", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| TlsError::io("inspecting key file", &path, e))?;
         if !meta.is_file() {
             return Err(TlsError::NotARegularFile { path });
         }
@@ -243,7 +274,8 @@ impl FileStore {
             }
         }
         let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-        file.read_to_end(&mut buf).map_err(|e| TlsError::io("reading key file", &path, e))?;
+        file.read_to_end(&mut buf)
+            .map_err(|e| TlsError::io("reading key file", &path, e))?;
         Ok(Some(Secret::new(std::mem::take(&mut *buf))))
     }
 
@@ -256,7 +288,8 @@ impl FileStore {
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let result = write_private(&tmp, value).and_then(|()| {
-            fs::rename(&tmp, &path).map_err(|e| TlsError::io("renaming temp key file onto", &path, e))
+            fs::rename(&tmp, &path)
+                .map_err(|e| TlsError::io("renaming temp key file onto", &path, e))
         });
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -284,9 +317,13 @@ fn write_private(tmp: &Path, value: &[u8]) -> Result<(), TlsError> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut file = opts.open(tmp).map_err(|e| TlsError::io("creating temp key file", tmp, e))?;
-    file.write_all(value).map_err(|e| TlsError::io("writing temp key file", tmp, e))?;
-    file.sync_all().map_err(|e| TlsError::io("syncing temp key file", tmp, e))?;
+    let mut file = opts
+        .open(tmp)
+        .map_err(|e| TlsError::io("creating temp key file", tmp, e))?;
+    file.write_all(value)
+        .map_err(|e| TlsError::io("writing temp key file", tmp, e))?;
+    file.sync_all()
+        .map_err(|e| TlsError::io("syncing temp key file", tmp, e))?;
     Ok(())
 }
 
@@ -309,7 +346,9 @@ fn open_no_follow(path: &Path) -> io::Result<fs::File> {
 }
 
 fn is_symlink(path: &Path) -> bool {
-    fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false)
+    fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
 }
 
 #[cfg(unix)]
@@ -330,13 +369,17 @@ fn check_existing_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), TlsError> {
     if mode & 0o1000 != 0 {
         return Err(TlsError::InsecureKeyDir {
             path: dir.to_path_buf(),
-            reason: format!("shared sticky directory (mode {mode:04o}, like /tmp); use a private subdirectory"),
+            reason: format!(
+                "shared sticky directory (mode {mode:04o}, like /tmp); use a private subdirectory"
+            ),
         });
     }
     if mode & 0o077 != 0 {
         set_mode(dir, 0o700).map_err(|e| TlsError::InsecureKeyDir {
             path: dir.to_path_buf(),
-            reason: format!("mode {mode:04o} allows group/world access and could not be changed to 0700: {e}"),
+            reason: format!(
+                "mode {mode:04o} allows group/world access and could not be changed to 0700: {e}"
+            ),
         })?;
         warn!(dir = %dir.display(), old_mode = format_args!("{mode:04o}"), "Tightened key directory to 0700");
     }
@@ -365,7 +408,11 @@ mod os_keyring {
         timeout: Duration,
         f: impl FnOnce() -> keyring::Result<T> + Send + 'static,
     ) -> Result<T, TlsError> {
-        let err = |message: String| TlsError::Keyring { op, name: name.to_string(), message };
+        let err = |message: String| TlsError::Keyring {
+            op,
+            name: name.to_string(),
+            message,
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("palisade-keyring".into())
@@ -377,8 +424,12 @@ mod os_keyring {
             Ok(Ok(v)) => Ok(v),
             // Display only: some keyring error variants carry the secret bytes.
             Ok(Err(e)) => Err(err(e.to_string())),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(err(format!("timed out after {timeout:?}"))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(err("keyring thread panicked".to_string())),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(err(format!("timed out after {timeout:?}")))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(err("keyring thread panicked".to_string()))
+            }
         }
     }
 
@@ -414,13 +465,16 @@ mod os_keyring {
 
     pub(super) fn get(service: &str, name: &str) -> Result<Option<Secret>, TlsError> {
         let (service, user) = (service.to_string(), name.to_string());
-        run("get", name, KEYRING_OP_TIMEOUT, move || {
-            match keyring::Entry::new(&service, &user)?.get_secret() {
+        run(
+            "get",
+            name,
+            KEYRING_OP_TIMEOUT,
+            move || match keyring::Entry::new(&service, &user)?.get_secret() {
                 Ok(bytes) => Ok(Some(Secret::new(bytes))),
                 Err(keyring::Error::NoEntry) => Ok(None),
                 Err(e) => Err(e),
-            }
-        })
+            },
+        )
     }
 
     pub(super) fn set(service: &str, name: &str, value: &[u8]) -> Result<(), TlsError> {
@@ -433,17 +487,22 @@ mod os_keyring {
 
     pub(super) fn delete(service: &str, name: &str) -> Result<(), TlsError> {
         let (service, user) = (service.to_string(), name.to_string());
-        run("delete", name, KEYRING_OP_TIMEOUT, move || {
-            match keyring::Entry::new(&service, &user)?.delete_credential() {
+        run(
+            "delete",
+            name,
+            KEYRING_OP_TIMEOUT,
+            move || match keyring::Entry::new(&service, &user)?.delete_credential() {
                 Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
                 Err(e) => Err(e),
-            }
-        })
+            },
+        )
     }
 }
 
 #[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
-use os_keyring::{delete as keyring_delete, get as keyring_get, probe as probe_keyring, set as keyring_set};
+use os_keyring::{
+    delete as keyring_delete, get as keyring_get, probe as probe_keyring, set as keyring_set,
+};
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 fn probe_keyring(_service: &str) -> Result<(), String> {
@@ -452,7 +511,11 @@ fn probe_keyring(_service: &str) -> Result<(), String> {
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 fn keyring_unavailable<T>(op: &'static str, name: &str) -> Result<T, TlsError> {
-    Err(TlsError::Keyring { op, name: name.to_string(), message: "not supported on this OS".into() })
+    Err(TlsError::Keyring {
+        op,
+        name: name.to_string(),
+        message: "not supported on this OS".into(),
+    })
 }
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 fn keyring_get(_s: &str, name: &str) -> Result<Option<Secret>, TlsError> {

@@ -11,11 +11,13 @@
 use crate::ca::BACKDATE;
 use crate::{crypto, DeviceCa, TlsError};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    PKCS_ECDSA_P256_SHA256,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::fmt;
@@ -79,7 +81,10 @@ impl LeafCache {
         LeafCache {
             ca,
             capacity: capacity.max(1),
-            slots: Mutex::new(Slots { map: HashMap::new(), tick: 0 }),
+            slots: Mutex::new(Slots {
+                map: HashMap::new(),
+                tick: 0,
+            }),
             minted: AtomicU64::new(0),
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
         }
@@ -145,13 +150,24 @@ impl LeafCache {
         }
         if slots.map.len() >= self.capacity {
             // O(capacity), but only on a miss, which also mints a certificate.
-            if let Some(victim) = slots.map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone()) {
+            if let Some(victim) = slots
+                .map
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone())
+            {
                 slots.map.remove(&victim);
                 debug!(host = %victim, "Evicted leaf certificate from cache");
             }
         }
         let leaf = Arc::new(Mutex::new(None));
-        slots.map.insert(key.to_string(), Slot { leaf: leaf.clone(), last_used: tick });
+        slots.map.insert(
+            key.to_string(),
+            Slot {
+                leaf: leaf.clone(),
+                last_used: tick,
+            },
+        );
         leaf
     }
 }
@@ -195,12 +211,20 @@ impl LeafName {
     /// Validate and normalise `host`: lower-case, no trailing dot, brackets
     /// stripped from IPv6 literals. Wildcards and empty labels are refused.
     pub(crate) fn parse(host: &str) -> Result<LeafName, TlsError> {
-        let err = |reason| Err(TlsError::InvalidHost { host: host.to_string(), reason });
+        let err = |reason| {
+            Err(TlsError::InvalidHost {
+                host: host.to_string(),
+                reason,
+            })
+        };
         let trimmed = host.strip_suffix('.').unwrap_or(host);
         if trimmed.is_empty() {
             return err("empty");
         }
-        let unbracketed = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(trimmed);
+        let unbracketed = trimmed
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(trimmed);
         if let Ok(ip) = unbracketed.parse::<IpAddr>() {
             return Ok(LeafName::Ip(ip));
         }
@@ -215,7 +239,10 @@ impl LeafName {
             return err("not a valid DNS name");
         }
         // DnsName accepts all-numeric names like "1.2.3"; they are not hosts.
-        if lower.split('.').all(|label| label.bytes().all(|b| b.is_ascii_digit())) {
+        if lower
+            .split('.')
+            .all(|label| label.bytes().all(|b| b.is_ascii_digit()))
+        {
             return err("numeric name that is not an IP address");
         }
         Ok(LeafName::Dns(lower))
@@ -237,9 +264,12 @@ fn mint(ca: &DeviceCa, name: &LeafName) -> Result<Leaf, TlsError> {
     dn.push(DnType::OrganizationName, "Palisade");
     params.distinguished_name = dn;
     params.subject_alt_names = vec![match name {
-        LeafName::Dns(dns) => SanType::DnsName(
-            dns.clone().try_into().map_err(|_| TlsError::InvalidHost { host: dns.clone(), reason: "not IA5" })?,
-        ),
+        LeafName::Dns(dns) => {
+            SanType::DnsName(dns.clone().try_into().map_err(|_| TlsError::InvalidHost {
+                host: dns.clone(),
+                reason: "not IA5",
+            })?)
+        }
         LeafName::Ip(ip) => SanType::IpAddress(*ip),
     }];
     params.is_ca = IsCa::ExplicitNoCa;
@@ -254,14 +284,24 @@ fn mint(ca: &DeviceCa, name: &LeafName) -> Result<Leaf, TlsError> {
     params.not_after = not_after.into();
     params.serial_number = Some(crypto::random_serial()?);
 
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::cert_gen("leaf key"))?;
-    let cert = params.signed_by(&key, ca.issuer()).map_err(TlsError::cert_gen("leaf certificate"))?;
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::cert_gen("leaf key"))?;
+    let cert = params
+        .signed_by(&key, ca.issuer())
+        .map_err(TlsError::cert_gen("leaf certificate"))?;
     let mut key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = crypto::provider().key_provider.load_private_key(key_der.clone_key());
+    let signer = crypto::provider()
+        .key_provider
+        .load_private_key(key_der.clone_key());
     key_der.zeroize();
     let signer = signer?;
-    let renew_at = not_after.checked_sub(LEAF_RENEW_BEFORE).unwrap_or(not_after);
-    Ok(Leaf { key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)), renew_at })
+    let renew_at = not_after
+        .checked_sub(LEAF_RENEW_BEFORE)
+        .unwrap_or(not_after);
+    Ok(Leaf {
+        key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)),
+        renew_at,
+    })
 }
 
 #[cfg(test)]

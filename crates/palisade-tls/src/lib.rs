@@ -9,6 +9,7 @@
 mod ca;
 mod crypto;
 mod error;
+mod identity;
 mod keystore;
 mod leaf;
 mod secret;
@@ -18,15 +19,26 @@ mod trust;
 #[cfg(test)]
 mod test_util;
 
-pub use ca::{DeviceCa, BACKDATE, CA_CERT_FILE, CA_CN_PREFIX, CA_KEY_NAME, CA_RENEW_BEFORE, CA_VALIDITY};
+pub use ca::{
+    DeviceCa, BACKDATE, CA_CERT_FILE, CA_CN_PREFIX, CA_KEY_NAME, CA_RENEW_BEFORE, CA_VALIDITY,
+};
 pub use crypto::provider;
 pub use error::TlsError;
-pub use keystore::{KeyBackend, KeyStore, KEYRING_OP_TIMEOUT, KEYRING_PROBE_TIMEOUT, MAX_KEY_NAME_LEN};
+pub use identity::{
+    device_csr, device_id_from_cert, generate_key_pair, IdentityCa, DEVICE_URI_PREFIX,
+    IDENTITY_CA_VALIDITY, MAX_DEVICE_ID_LEN,
+};
+pub use keystore::{
+    KeyBackend, KeyStore, KEYRING_OP_TIMEOUT, KEYRING_PROBE_TIMEOUT, MAX_KEY_NAME_LEN,
+};
 pub use leaf::{
-    LeafCache, DEFAULT_LEAF_CACHE_CAPACITY, LEAF_MAX_VALIDITY, LEAF_RENEW_BEFORE, LEAF_VALIDITY, SESSION_CACHE_SIZE,
+    LeafCache, DEFAULT_LEAF_CACHE_CAPACITY, LEAF_MAX_VALIDITY, LEAF_RENEW_BEFORE, LEAF_VALIDITY,
+    SESSION_CACHE_SIZE,
 };
 pub use secret::Secret;
-pub use server::{default_alpn, mitm_server_config, mitm_server_config_with_alpn, single_cert_server_config};
+pub use server::{
+    default_alpn, mitm_server_config, mitm_server_config_with_alpn, single_cert_server_config,
+};
 pub use trust::{
     cert_der_to_pem, combined_bundle_pem, load_pem_certs, os_roots, upstream_client_config,
     upstream_client_config_with_roots,

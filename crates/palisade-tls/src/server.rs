@@ -27,7 +27,10 @@ pub fn mitm_server_config(leaves: Arc<LeafCache>) -> Arc<ServerConfig> {
 /// Like [`mitm_server_config`] with another ALPN list (e.g. only
 /// `http/1.1` when the upstream does not speak h2). Configs built from the
 /// same cache share one session store, so resumption still works.
-pub fn mitm_server_config_with_alpn(leaves: Arc<LeafCache>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
+pub fn mitm_server_config_with_alpn(
+    leaves: Arc<LeafCache>,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<ServerConfig> {
     let sessions = leaves.sessions();
     let mut config = builder().with_cert_resolver(leaves);
     config.session_storage = sessions;

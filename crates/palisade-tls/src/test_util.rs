@@ -22,7 +22,10 @@ pub(crate) async fn handshake(
 ) -> Result<Outcome, String> {
     let (c, s) = tokio::io::duplex(64 * 1024);
     let server_task = tokio::spawn(async move {
-        let mut tls = tokio_rustls::TlsAcceptor::from(server).accept(s).await.map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsAcceptor::from(server)
+            .accept(s)
+            .await
+            .map_err(|e| e.to_string())?;
         let sni = tls.get_ref().1.server_name().map(str::to_string);
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
@@ -33,23 +36,36 @@ pub(crate) async fn handshake(
     });
     let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
     let client_result = async {
-        let mut tls = tokio_rustls::TlsConnector::from(client).connect(name, c).await.map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, c)
+            .await
+            .map_err(|e| e.to_string())?;
         tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
         assert_eq!(&buf, b"pong");
         let conn = tls.get_ref().1;
-        Ok::<_, String>((conn.alpn_protocol().map(<[u8]>::to_vec), conn.handshake_kind()))
+        Ok::<_, String>((
+            conn.alpn_protocol().map(<[u8]>::to_vec),
+            conn.handshake_kind(),
+        ))
     }
     .await;
     let server_result = server_task.await.map_err(|e| e.to_string())?;
     let (alpn, kind) = client_result?;
     let server_sni = server_result?;
-    Ok(Outcome { alpn, kind, server_sni })
+    Ok(Outcome {
+        alpn,
+        kind,
+        server_sni,
+    })
 }
 
 /// A client trusting only `roots`' certificates, with the given ALPN.
-pub(crate) fn client_trusting(certs: &[rustls::pki_types::CertificateDer<'static>], alpn: &[&[u8]]) -> Arc<ClientConfig> {
+pub(crate) fn client_trusting(
+    certs: &[rustls::pki_types::CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for c in certs {
         roots.add(c.clone()).unwrap();
@@ -61,6 +77,7 @@ pub(crate) fn client_trusting(certs: &[rustls::pki_types::CertificateDer<'static
 pub(crate) fn temp_ca() -> (tempfile::TempDir, Arc<crate::DeviceCa>) {
     let tmp = tempfile::tempdir().unwrap();
     let store = crate::KeyStore::open_file(&tmp.path().join("keys")).unwrap();
-    let ca = crate::DeviceCa::load_or_create(&store, &tmp.path().join("certs"), "test-device").unwrap();
+    let ca =
+        crate::DeviceCa::load_or_create(&store, &tmp.path().join("certs"), "test-device").unwrap();
     (tmp, Arc::new(ca))
 }

@@ -41,7 +41,10 @@ pub fn upstream_client_config(
 }
 
 /// A client config trusting exactly `roots`.
-pub fn upstream_client_config_with_roots(roots: RootCertStore, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+pub fn upstream_client_config_with_roots(
+    roots: RootCertStore,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(crypto::provider())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default TLS versions")
@@ -60,7 +63,12 @@ pub fn os_roots() -> RootCertStore {
     }
     let mut roots = RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
-    info!(added, ignored, errors = loaded.errors.len(), "Loaded OS root certificates");
+    info!(
+        added,
+        ignored,
+        errors = loaded.errors.len(),
+        "Loaded OS root certificates"
+    );
     roots
 }
 
@@ -68,9 +76,14 @@ pub fn os_roots() -> RootCertStore {
 /// PEM, or no `CERTIFICATE` block at all.
 pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = fs::read(path).map_err(|e| TlsError::io("reading CA bundle", path, e))?;
-    let certs = pem_certs(&bytes).map_err(|reason| TlsError::BadCertificate { path: path.to_path_buf(), reason })?;
+    let certs = pem_certs(&bytes).map_err(|reason| TlsError::BadCertificate {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificates { path: path.to_path_buf() });
+        return Err(TlsError::NoCertificates {
+            path: path.to_path_buf(),
+        });
     }
     for (i, cert) in certs.iter().enumerate() {
         x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::BadCertificate {
@@ -83,7 +96,9 @@ pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsEr
 
 /// The `CERTIFICATE` blocks of a PEM document (other blocks are skipped).
 pub(crate) fn pem_certs(mut pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    rustls_pemfile::certs(&mut pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("malformed PEM: {e}"))
+    rustls_pemfile::certs(&mut pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("malformed PEM: {e}"))
 }
 
 /// Encode one DER certificate as PEM (64-column base64).

@@ -30,7 +30,13 @@ fn child_writes_key_and_ca() {
 fn key_and_ca_survive_a_process_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writes_key_and_ca", "--ignored", "--test-threads=1", "--quiet"])
+        .args([
+            "--exact",
+            "child_writes_key_and_ca",
+            "--ignored",
+            "--test-threads=1",
+            "--quiet",
+        ])
         .env(CHILD_DIR_ENV, tmp.path())
         .output()
         .unwrap();
@@ -42,17 +48,30 @@ fn key_and_ca_survive_a_process_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("1 passed"), "the helper really ran: {stdout}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the helper really ran: {stdout}"
+    );
 
     let store = KeyStore::open_file(&keys(tmp.path())).unwrap();
     assert_eq!(store.backend(), KeyBackend::File);
-    let got = store.get("restart-probe").unwrap().expect("key written by the child is readable");
+    let got = store
+        .get("restart-probe")
+        .unwrap()
+        .expect("key written by the child is readable");
     assert_eq!(got.expose(), CHILD_VALUE);
-    let key_before = store.get(CA_KEY_NAME).unwrap().expect("CA key persisted by the child");
+    let key_before = store
+        .get(CA_KEY_NAME)
+        .unwrap()
+        .expect("CA key persisted by the child");
 
     let cert_file = certs(tmp.path()).join(palisade_tls::CA_CERT_FILE);
     let cert_before = std::fs::read_to_string(&cert_file).unwrap();
     let ca = DeviceCa::load_or_create(&store, &certs(tmp.path()), "restart-test").unwrap();
-    assert_eq!(ca.cert_pem(), cert_before, "same CA certificate, not a new one");
+    assert_eq!(
+        ca.cert_pem(),
+        cert_before,
+        "same CA certificate, not a new one"
+    );
     assert_eq!(store.get(CA_KEY_NAME).unwrap().unwrap(), key_before);
 }

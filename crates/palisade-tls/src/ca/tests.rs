@@ -17,7 +17,10 @@ fn created_once_then_reloaded_identically() {
     let second = DeviceCa::load_or_create(&store, &certs, "laptop-42").unwrap();
     assert_eq!(first.cert_der(), second.cert_der());
     assert_eq!(first.cert_pem(), second.cert_pem());
-    assert_eq!(fs::read_to_string(first.cert_path()).unwrap(), first.cert_pem());
+    assert_eq!(
+        fs::read_to_string(first.cert_path()).unwrap(),
+        first.cert_pem()
+    );
 }
 
 #[test]
@@ -34,7 +37,10 @@ fn ca_certificate_has_the_promised_shape() {
     let ku = cert.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.crl_sign());
     assert!(!ku.digital_signature());
-    assert_eq!(cert.public_key().algorithm.algorithm, x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY);
+    assert_eq!(
+        cert.public_key().algorithm.algorithm,
+        x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+    );
     let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
     let years = lifetime as f64 / (365.25 * 86_400.0);
     assert!((9.9..=10.1).contains(&years), "CA lifetime {years} years");
@@ -42,7 +48,10 @@ fn ca_certificate_has_the_promised_shape() {
     assert_eq!(cert.subject(), cert.issuer(), "self-signed");
     // The key in the store is PKCS#8 PEM.
     let key = store.get(CA_KEY_NAME).unwrap().unwrap();
-    assert!(key.expose_str().unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(key
+        .expose_str()
+        .unwrap()
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
 }
 
 #[test]
@@ -63,11 +72,23 @@ fn missing_cert_is_reissued_from_the_same_key() {
     fs::remove_file(first.cert_path()).unwrap();
     let second = DeviceCa::load_or_create(&store, &certs, "laptop").unwrap();
     assert!(second.cert_path().exists());
-    assert_eq!(store.get(CA_KEY_NAME).unwrap().unwrap(), key_before, "key unchanged");
-    assert_ne!(first.cert_der(), second.cert_der(), "a new certificate (new serial, new dates)");
+    assert_eq!(
+        store.get(CA_KEY_NAME).unwrap().unwrap(),
+        key_before,
+        "key unchanged"
+    );
+    assert_ne!(
+        first.cert_der(),
+        second.cert_der(),
+        "a new certificate (new serial, new dates)"
+    );
     let pk = |der: &CertificateDer<'_>| {
         let (_, c) = parse_x509_certificate(der).unwrap();
-        (c.public_key().raw.to_vec(), c.subject().to_string(), c.serial.clone())
+        (
+            c.public_key().raw.to_vec(),
+            c.subject().to_string(),
+            c.serial.clone(),
+        )
     };
     let (pk1, subj1, serial1) = pk(&first.cert_der());
     let (pk2, subj2, serial2) = pk(&second.cert_der());
@@ -90,20 +111,32 @@ fn cert_for_another_key_or_garbage_is_reissued() {
     let (_, orig) = parse_x509_certificate(&orig_der).unwrap();
     assert_eq!(c.public_key().raw, orig.public_key().raw);
 
-    for garbage in [&b"not a pem at all"[..], b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n", b"\xff\xfe\x00"] {
+    for garbage in [
+        &b"not a pem at all"[..],
+        b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        b"\xff\xfe\x00",
+    ] {
         fs::write(ca.cert_path(), garbage).unwrap();
         let fixed = DeviceCa::load_or_create(&store, &certs, "laptop").unwrap();
         let fixed_der = fixed.cert_der();
         let (_, c) = parse_x509_certificate(&fixed_der).unwrap();
         assert_eq!(c.public_key().raw, orig.public_key().raw);
-        assert_eq!(fs::read_to_string(ca.cert_path()).unwrap(), fixed.cert_pem());
+        assert_eq!(
+            fs::read_to_string(ca.cert_path()).unwrap(),
+            fixed.cert_pem()
+        );
     }
 }
 
 #[test]
 fn corrupt_stored_key_is_a_clear_error() {
     let (_tmp, store, certs) = setup();
-    store.set(CA_KEY_NAME, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    store
+        .set(
+            CA_KEY_NAME,
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
     let err = DeviceCa::load_or_create(&store, &certs, "laptop").unwrap_err();
     assert!(matches!(err, TlsError::InvalidKey { .. }), "{err:?}");
     assert!(err.to_string().contains("device-ca-key"), "{err}");
@@ -117,9 +150,15 @@ fn bad_labels_are_rejected() {
     let (_tmp, store, certs) = setup();
     for bad in ["", "   ", "a\nb", &"x".repeat(60)] {
         let err = DeviceCa::load_or_create(&store, &certs, bad).unwrap_err();
-        assert!(matches!(err, TlsError::InvalidCommonName { .. }), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, TlsError::InvalidCommonName { .. }),
+            "{bad:?}: {err:?}"
+        );
     }
-    assert!(store.get(CA_KEY_NAME).unwrap().is_none(), "nothing created for a bad label");
+    assert!(
+        store.get(CA_KEY_NAME).unwrap().is_none(),
+        "nothing created for a bad label"
+    );
 }
 
 #[test]

@@ -13,10 +13,15 @@ fn set_get_roundtrip_and_survives_reopen() {
         let store = KeyStore::open_file(&dir).unwrap();
         assert_eq!(store.backend(), KeyBackend::File);
         assert!(store.get("device-ca-key").unwrap().is_none());
-        store.set("device-ca-key", b"\x00\x01binary\xffsecret").unwrap();
+        store
+            .set("device-ca-key", b"\x00\x01binary\xffsecret")
+            .unwrap();
     }
     let store = KeyStore::open_file(&dir).unwrap();
-    let got = store.get("device-ca-key").unwrap().expect("key survives reopen");
+    let got = store
+        .get("device-ca-key")
+        .unwrap()
+        .expect("key survives reopen");
     assert_eq!(got.expose(), b"\x00\x01binary\xffsecret");
 }
 
@@ -83,14 +88,20 @@ fn group_or_world_readable_key_file_is_refused() {
     for mode in [0o644, 0o640, 0o604] {
         set_mode(&path, mode).unwrap();
         let err = store.get("device-ca-key").unwrap_err();
-        assert!(matches!(err, TlsError::InsecureKeyFile { mode: m, .. } if m == mode), "{err:?}");
+        assert!(
+            matches!(err, TlsError::InsecureKeyFile { mode: m, .. } if m == mode),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("chmod 600"), "{msg}");
         assert!(!msg.contains("secret"), "{msg}");
     }
     set_mode(&path, 0o400).unwrap();
-    assert_eq!(store.get("device-ca-key").unwrap().unwrap().expose(), b"secret");
+    assert_eq!(
+        store.get("device-ca-key").unwrap().unwrap().expose(),
+        b"secret"
+    );
 }
 
 #[test]
@@ -130,9 +141,20 @@ fn bad_key_names_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let store = KeyStore::open_file(tmp.path()).unwrap();
     let long = "a".repeat(MAX_KEY_NAME_LEN + 1);
-    for bad in ["", ".hidden", "../escape", "a/b", "sp ace", "nul\0", long.as_str()] {
+    for bad in [
+        "",
+        ".hidden",
+        "../escape",
+        "a/b",
+        "sp ace",
+        "nul\0",
+        long.as_str(),
+    ] {
         let err = store.set(bad, b"v").unwrap_err();
-        assert!(matches!(err, TlsError::InvalidKeyName { .. }), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, TlsError::InvalidKeyName { .. }),
+            "{bad:?}: {err:?}"
+        );
         assert!(store.get(bad).is_err(), "{bad:?}");
         assert!(store.delete(bad).is_err(), "{bad:?}");
     }
@@ -158,7 +180,11 @@ fn open_on_headless_linux_falls_back_to_file_and_says_why() {
     let headless = linux_no_session_bus(|k| std::env::var_os(k)).is_some();
     if headless {
         assert_eq!(store.backend(), KeyBackend::File);
-        assert!(store.selection_reason().contains("D-Bus"), "{}", store.selection_reason());
+        assert!(
+            store.selection_reason().contains("D-Bus"),
+            "{}",
+            store.selection_reason()
+        );
         assert_eq!(mode_of(&dir), 0o700, "fallback dir prepared at open");
         store.set("k", b"v").unwrap();
         assert_eq!(store.get("k").unwrap().unwrap().expose(), b"v");
@@ -172,8 +198,11 @@ fn open_on_headless_linux_falls_back_to_file_and_says_why() {
 fn session_bus_detection() {
     use std::ffi::OsString;
     let none = |_: &str| None::<OsString>;
-    assert!(linux_no_session_bus(none).unwrap().contains("DBUS_SESSION_BUS_ADDRESS"));
-    let with_addr = |k: &str| (k == "DBUS_SESSION_BUS_ADDRESS").then(|| OsString::from("unix:path=/x"));
+    assert!(linux_no_session_bus(none)
+        .unwrap()
+        .contains("DBUS_SESSION_BUS_ADDRESS"));
+    let with_addr =
+        |k: &str| (k == "DBUS_SESSION_BUS_ADDRESS").then(|| OsString::from("unix:path=/x"));
     assert!(linux_no_session_bus(with_addr).is_none());
     let empty_addr = |k: &str| (k == "DBUS_SESSION_BUS_ADDRESS").then(|| OsString::from(""));
     assert!(linux_no_session_bus(empty_addr).is_some());

@@ -17,7 +17,10 @@ fn dns_leaf_has_san_eku_ku_and_short_validity() {
     let der = leaf_der(&key);
     let (_, cert) = parse_x509_certificate(&der).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    assert_eq!(san.general_names, vec![GeneralName::DNSName("api.openai.com")]);
+    assert_eq!(
+        san.general_names,
+        vec![GeneralName::DNSName("api.openai.com")]
+    );
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth);
     assert!(!eku.client_auth && !eku.any);
@@ -27,30 +30,52 @@ fn dns_leaf_has_san_eku_ku_and_short_validity() {
     assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
     let v = cert.validity();
     let lifetime = v.not_after.timestamp() - v.not_before.timestamp();
-    assert!(lifetime <= LEAF_MAX_VALIDITY.as_secs() as i64, "lifetime {lifetime}s > 397 days");
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!(v.not_before.timestamp() <= now - 3600, "backdated for clock skew");
+    assert!(
+        lifetime <= LEAF_MAX_VALIDITY.as_secs() as i64,
+        "lifetime {lifetime}s > 397 days"
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        v.not_before.timestamp() <= now - 3600,
+        "backdated for clock skew"
+    );
     assert!(v.is_valid());
     let ca_der = ca.cert_der();
     let (_, ca_cert) = parse_x509_certificate(&ca_der).unwrap();
     assert_eq!(cert.issuer(), ca_cert.subject());
-    assert_eq!(cert.public_key().algorithm.algorithm, x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY);
-    assert!(cert.extensions().iter().any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER));
+    assert_eq!(
+        cert.public_key().algorithm.algorithm,
+        x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+    );
+    assert!(cert
+        .extensions()
+        .iter()
+        .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER));
 }
 
 #[test]
 fn ip_literals_get_ip_sans() {
     let (_tmp, ca) = temp_ca();
     let cache = LeafCache::new(ca, 16);
-    for (host, want) in [("127.0.0.1", vec![127u8, 0, 0, 1]), ("[::1]", {
-        let mut v = vec![0u8; 16];
-        v[15] = 1;
-        v
-    })] {
+    for (host, want) in [
+        ("127.0.0.1", vec![127u8, 0, 0, 1]),
+        ("[::1]", {
+            let mut v = vec![0u8; 16];
+            v[15] = 1;
+            v
+        }),
+    ] {
         let der = leaf_der(&cache.get(host).unwrap());
         let (_, cert) = parse_x509_certificate(&der).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap().value;
-        assert_eq!(san.general_names, vec![GeneralName::IPAddress(&want)], "{host}");
+        assert_eq!(
+            san.general_names,
+            vec![GeneralName::IPAddress(&want)],
+            "{host}"
+        );
     }
     // "::1" and "[::1]" are the same host.
     cache.get("::1").unwrap();
@@ -72,9 +97,23 @@ fn bad_hosts_are_refused_with_a_reason() {
     let (_tmp, ca) = temp_ca();
     let cache = LeafCache::new(ca, 16);
     let long = format!("{}.com", "a".repeat(250));
-    for bad in ["", ".", "*.openai.com", "a..b", "foo bar", "1.2.3", "-bad-.com", "host/path", "[::1", long.as_str()] {
+    for bad in [
+        "",
+        ".",
+        "*.openai.com",
+        "a..b",
+        "foo bar",
+        "1.2.3",
+        "-bad-.com",
+        "host/path",
+        "[::1",
+        long.as_str(),
+    ] {
         let err = cache.get(bad).unwrap_err();
-        assert!(matches!(err, TlsError::InvalidHost { .. }), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, TlsError::InvalidHost { .. }),
+            "{bad:?}: {err:?}"
+        );
         assert!(err.to_string().contains("invalid host"), "{err}");
     }
     assert_eq!(cache.minted(), 0);

@@ -13,7 +13,10 @@ fn upstream_with_private_ca(host: &str) -> (String, Arc<ServerConfig>) {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![host.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let cert = CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
     let server = ServerConfig::builder_with_provider(crypto::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -35,10 +38,14 @@ async fn extra_bundle_is_trusted_on_top_of_os_roots() {
 
     let with = upstream_client_config(Some(&bundle), vec![b"http/1.1".to_vec()]).unwrap();
     assert_eq!(with.alpn_protocols, vec![b"http/1.1".to_vec()]);
-    handshake(server.clone(), with, "upstream.test").await.unwrap();
+    handshake(server.clone(), with, "upstream.test")
+        .await
+        .unwrap();
 
     let without = upstream_client_config(None, vec![]).unwrap();
-    let err = handshake(server, without, "upstream.test").await.unwrap_err();
+    let err = handshake(server, without, "upstream.test")
+        .await
+        .unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
 
@@ -48,18 +55,30 @@ fn missing_bundle_names_the_file() {
     let path = tmp.path().join("nope.pem");
     let err = upstream_client_config(Some(&path), vec![]).unwrap_err();
     assert!(matches!(err, TlsError::Io { .. }), "{err:?}");
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
 fn garbage_bundles_give_clear_errors_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let key_only = KeyPair::generate().unwrap().serialize_pem();
-    let not_x509 = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n".to_string();
+    let not_x509 =
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n".to_string();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.pem", vec![], "no certificates found"),
-        ("text.pem", b"this is not pem".to_vec(), "no certificates found"),
-        ("binary.pem", vec![0xff, 0x00, 0x13, 0x37], "no certificates found"),
+        (
+            "text.pem",
+            b"this is not pem".to_vec(),
+            "no certificates found",
+        ),
+        (
+            "binary.pem",
+            vec![0xff, 0x00, 0x13, 0x37],
+            "no certificates found",
+        ),
         ("key.pem", key_only.into_bytes(), "no certificates found"),
         ("notx509.pem", not_x509.into_bytes(), "not valid X.509"),
         (
@@ -95,7 +114,11 @@ fn combined_bundle_holds_device_ca_once_plus_os_roots() {
     assert_eq!(certs[0], ca.cert_der());
     assert_eq!(certs.iter().filter(|c| **c == ca.cert_der()).count(), 1);
     let os = rustls_native_certs::load_native_certs().certs.len();
-    assert!(certs.len() > 1 && certs.len() <= os + 1, "{} certs, {os} OS roots", certs.len());
+    assert!(
+        certs.len() > 1 && certs.len() <= os + 1,
+        "{} certs, {os} OS roots",
+        certs.len()
+    );
     for c in &certs {
         x509_parser::parse_x509_certificate(c).unwrap();
     }
