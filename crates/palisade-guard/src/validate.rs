@@ -216,7 +216,8 @@ pub(crate) fn email(s: &str) -> Option<Range<usize>> {
         "rs", "go", "java", "rb", "md", "txt", "html", "lock", "toml", "yaml", "yml",
     ];
     let (local, domain) = s.rsplit_once('@')?;
-    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+    // `git@host:org/repo` is an SSH remote, not a person.
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") || local == "git" {
         return None;
     }
     let tld = domain.rsplit('.').next()?.to_ascii_lowercase();
