@@ -4,12 +4,16 @@
 //! The agent calls this library; it never talks to the network and never
 //! reads the value of an env variable or header from any config.
 
+pub mod apps;
 pub mod clients;
 pub mod fingerprint;
 pub mod jsonc;
 pub mod model;
+pub mod process;
 pub mod read;
 pub mod scan;
 
 pub use model::{EntryKey, Finding, FindingKind, Inventory, InventoryChange, McpServer, Scope, Transport};
 pub use scan::{scan, HomeSource, ScanConfig};
+pub use apps::{detect_apps, unknown_app_from_traffic, AppEntry, AppKind, AppSighting, Catalog, DetectConfig};
+pub use process::{ProcInfo, ProcessLister, SystemProcesses};
