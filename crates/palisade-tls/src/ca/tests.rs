@@ -1,3 +1,6 @@
+//! Tests for the device CA: creation, identical reload, re-issue from the same key.
+//! Offline only; they must never touch the network or the real keyring.
+
 use super::*;
 use x509_parser::prelude::*;
 

@@ -1,3 +1,6 @@
+//! Tests for device identities: enrollment round trip, refusals, mTLS.
+//! Offline only; they must never touch the network or the real keyring.
+
 use super::*;
 use x509_parser::extensions::GeneralName;
 use x509_parser::parse_x509_certificate;

@@ -1,3 +1,6 @@
+//! Tests for the key store: file modes, atomic writes, refusals, backend selection.
+//! Offline only; they must never touch the network or the real keyring.
+
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 

@@ -1,3 +1,6 @@
+//! Tests for leaf minting and the cache: certificate shape, single-flight, bounds.
+//! Offline only; they must never touch the network or the real keyring.
+
 use super::*;
 use crate::test_util::temp_ca;
 use std::sync::Barrier;

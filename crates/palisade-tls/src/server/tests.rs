@@ -1,3 +1,6 @@
+//! Handshake tests for the MITM server configs over in-memory pipes.
+//! Offline only; they must never touch the network or the real keyring.
+
 use super::*;
 use crate::test_util::{client_trusting, handshake, temp_ca};
 use rustls::HandshakeKind;

@@ -1,3 +1,6 @@
+//! Tests for upstream trust: extra bundles, bad bundles, the combined bundle.
+//! Offline only; they must never touch the network or the real keyring.
+
 use super::*;
 use crate::test_util::{handshake, temp_ca};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
