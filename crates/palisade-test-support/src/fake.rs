@@ -412,6 +412,7 @@ fn stream_response(chunks: Vec<Vec<u8>>, content_type: &str, controls: Controls,
     tokio::spawn(async move {
         for (i, chunk) in chunks.into_iter().enumerate() {
             if controls.reset_after == Some(i) {
+                wait_flushed(&tx).await;
                 let _ = tx
                     .send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "fake upstream reset (x-fake-reset-after)")))
                     .await;
@@ -438,6 +439,7 @@ fn stream_response(chunks: Vec<Vec<u8>>, content_type: &str, controls: Controls,
         }
         if controls.reset_after.is_some() {
             // Asked to reset after at least as many chunks as there are: reset at the end.
+            wait_flushed(&tx).await;
             let _ = tx
                 .send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "fake upstream reset (x-fake-reset-after)")))
                 .await;
@@ -449,6 +451,16 @@ fn stream_response(chunks: Vec<Vec<u8>>, content_type: &str, controls: Controls,
     });
     let s = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     builder.body(BodyExt::boxed(StreamBody::new(s))).expect("valid response")
+}
+
+/// Before a reset, let hyper take and flush every chunk already produced,
+/// so the client really receives the first N chunks: hyper flushes when the
+/// body stops yielding, and would drop its buffer on a body error.
+async fn wait_flushed(tx: &mpsc::Sender<Result<Frame<Bytes>, io::Error>>) {
+    while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
 /// Answer 101 and echo raw bytes on the upgraded connection.
