@@ -1,0 +1,286 @@
+//! The admin HTTP API under `/api/v1` (axum), the base the web console will
+//! build on.
+//!
+//! Deny by default: every route sits behind bearer-token auth, and tokens are
+//! looked up by SHA-256 hash. Handlers only translate HTTP <-> store calls;
+//! they must never hold SQL, never echo a token back (except the one-time
+//! response that creates it), and never log request bodies.
+
+use crate::config::Limits;
+use crate::policy_bus::PolicyBus;
+use crate::store::{DeviceRecord, EventFilter, Store, StoreError};
+use crate::tokens::{create_enrollment_token, hash_token};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use palisade_core::Policy;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tracing::{error, info, warn};
+
+/// Longest lifetime an enrollment token may be created with.
+pub const MAX_ENROLLMENT_TOKEN_TTL_SECS: i64 = 365 * 86_400;
+pub const DEFAULT_ENROLLMENT_TOKEN_TTL_SECS: i64 = 7 * 86_400;
+
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    pub store: Store,
+    pub bus: PolicyBus,
+    pub limits: Limits,
+}
+
+/// The authenticated admin, by token name.
+#[derive(Debug, Clone)]
+struct Actor(String);
+
+/// The `/api/v1` router.
+pub(crate) fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/api/v1/policy", get(get_policy).put(put_policy))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}/revoke", post(revoke_device))
+        .route("/api/v1/enrollment-tokens", post(new_enrollment_token))
+        .route("/api/v1/events", get(list_events))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+// === impl ApiError ===
+
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        error!(error = %e, "Admin API store error");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+async fn require_token(State(state): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required").into_response();
+    };
+    match state.store.admin_token_name(&hash_token(token)).await {
+        Ok(Some(name)) => {
+            req.extensions_mut().insert(Actor(name));
+            next.run(req).await
+        }
+        Ok(None) => {
+            warn!(path = %req.uri().path(), "Admin API: invalid token");
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid token").into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn get_policy(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    let current = s.bus.current();
+    let document: Value = serde_json::from_slice(&current.document_json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stored policy: {e}")))?;
+    let author = s.store.latest_policy().await?.map(|p| p.author);
+    Ok(Json(json!({
+        "version": current.version,
+        "created_at_unix_ms": current.created_at_unix_ms,
+        "author": author,
+        "document": document,
+    })))
+}
+
+async fn put_policy(
+    State(s): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let policy = Policy::from_json(&body).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let doc = serde_json::to_string(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let version = s.store.insert_policy(&doc, &actor.0).await?;
+    info!(version, author = %actor.0, "Policy published");
+    if let Err(error) = s.bus.refresh().await {
+        warn!(%error, "Policy stored but not yet published locally; the poll will pick it up");
+    }
+    Ok(Json(json!({ "version": version })))
+}
+
+fn device_json(d: &DeviceRecord) -> Value {
+    json!({
+        "id": d.id,
+        "hostname": d.hostname,
+        "os": d.os,
+        "hardware_id": d.hardware_id,
+        "agent_version": d.agent_version,
+        "owner_email": d.owner_email,
+        "cert_serial": d.cert_serial,
+        "enrolled_at": d.enrolled_at,
+        "last_seen": d.last_seen,
+        "revoked": d.revoked_at.is_some(),
+        "revoked_at": d.revoked_at,
+        "revoked_reason": d.revoked_reason,
+        "applied_policy_version": d.applied_policy_version,
+    })
+}
+
+async fn list_devices(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    let devices = s.store.list_devices().await?;
+    Ok(Json(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
+}
+
+async fn revoke_device(
+    State(s): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let reason = format!("revoked by {}", actor.0);
+    if s.store.revoke_device(&id, &reason).await? {
+        info!(device_id = %id, actor = %actor.0, "Device revoked");
+    } else if s.store.get_device(&id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no device {id}")));
+    }
+    let d = s.store.get_device(&id).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "gone"))?;
+    Ok(Json(device_json(&d)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenRequest {
+    #[serde(default = "one")]
+    max_uses: u32,
+    #[serde(default = "default_ttl")]
+    ttl_seconds: i64,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_ttl() -> i64 {
+    DEFAULT_ENROLLMENT_TOKEN_TTL_SECS
+}
+
+async fn new_enrollment_token(
+    State(s): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = if body.trim().is_empty() { "{}" } else { body.as_str() };
+    let req: NewTokenRequest = serde_json::from_str(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut problems = Vec::new();
+    if req.max_uses == 0 {
+        problems.push("max_uses: must be at least 1".to_string());
+    }
+    if !(1..=MAX_ENROLLMENT_TOKEN_TTL_SECS).contains(&req.ttl_seconds) {
+        problems.push(format!("ttl_seconds: must be 1..={MAX_ENROLLMENT_TOKEN_TTL_SECS}"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    }
+    let expires_at = Utc::now() + ChronoDuration::seconds(req.ttl_seconds);
+    let t = create_enrollment_token(&s.store, req.max_uses, expires_at, req.note.as_deref()).await?;
+    info!(token_id = %t.id, max_uses = t.max_uses, actor = %actor.0, "Enrollment token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": t.id,
+            "token": t.token.expose(),
+            "max_uses": t.max_uses,
+            "expires_at": t.expires_at,
+        })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    provider: Option<String>,
+    model: Option<String>,
+    device: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+    after: Option<i64>,
+}
+
+fn parse_time(field: &str, v: &Option<String>, problems: &mut Vec<String>) -> Option<DateTime<Utc>> {
+    let v = v.as_ref()?;
+    match DateTime::parse_from_rfc3339(v) {
+        Ok(t) => Some(t.with_timezone(&Utc)),
+        Err(e) => {
+            problems.push(format!("{field}: {v:?} is not an RFC 3339 time ({e})"));
+            None
+        }
+    }
+}
+
+async fn list_events(
+    State(s): State<Arc<AdminState>>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut problems = Vec::new();
+    let since = parse_time("since", &q.since, &mut problems);
+    let until = parse_time("until", &q.until, &mut problems);
+    let max = s.limits.events_page_limit;
+    let limit = q.limit.unwrap_or(max);
+    if limit == 0 || limit > max {
+        problems.push(format!("limit: must be 1..={max}"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    }
+    let filter = EventFilter {
+        device_id: q.device,
+        kind: q.kind,
+        provider: q.provider,
+        model: q.model,
+        since,
+        until,
+        after_seq: q.after,
+        limit,
+    };
+    let rows = s.store.query_events(&filter).await?;
+    let next_after = rows.last().map(|r| r.seq);
+    let events: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let mut v: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("seq".into(), json!(r.seq));
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
+}

@@ -1,0 +1,255 @@
+//! Conversions from generated proto messages into domain and store types.
+//!
+//! Each `TryFrom` destructures every field of the proto message, so adding a
+//! field to the `.proto` breaks the build here until someone decides what it
+//! means. Input is untrusted: every rule is checked and reported with a clear
+//! message. This module must never take a device id from a payload: callers
+//! pass the certificate's id in.
+
+use crate::store::{InventoryRecord, NewEvent};
+use palisade_core::AuditEvent;
+use palisade_proto as proto;
+use uuid::Uuid;
+
+/// Longest accepted device fact / inventory string, in bytes.
+pub const MAX_FIELD_LEN: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidInput {
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidInput {
+    InvalidInput { field: field.into(), problem: problem.into() }
+}
+
+fn checked(field: &str, v: String, required: bool) -> Result<String, InvalidInput> {
+    let v = v.trim().to_string();
+    if required && v.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if v.len() > MAX_FIELD_LEN {
+        return Err(invalid(field, format!("longer than {MAX_FIELD_LEN} bytes")));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(v)
+}
+
+/// Device facts as reported at enrollment, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFacts {
+    pub hostname: String,
+    pub os: String,
+    pub hardware_id: String,
+    pub agent_version: String,
+    pub owner_email: Option<String>,
+}
+
+impl TryFrom<proto::DeviceFacts> for DeviceFacts {
+    type Error = InvalidInput;
+
+    fn try_from(f: proto::DeviceFacts) -> Result<Self, InvalidInput> {
+        let proto::DeviceFacts { hostname, os, hardware_id, agent_version, owner_email } = f;
+        let owner_email = checked("facts.owner_email", owner_email, false)?;
+        if !owner_email.is_empty() && !owner_email.contains('@') {
+            return Err(invalid("facts.owner_email", "is not an e-mail address"));
+        }
+        Ok(Self {
+            hostname: checked("facts.hostname", hostname, true)?,
+            os: checked("facts.os", os, true)?,
+            hardware_id: checked("facts.hardware_id", hardware_id, true)?,
+            agent_version: checked("facts.agent_version", agent_version, true)?,
+            owner_email: (!owner_email.is_empty()).then_some(owner_email),
+        })
+    }
+}
+
+/// One uploaded audit record, parsed and checked but not yet bound to a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingEvent {
+    pub id: Uuid,
+    pub event: AuditEvent,
+}
+
+/// Why one record of a batch can never be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordProblem {
+    #[error("id {0:?} is not a UUID")]
+    BadId(String),
+    #[error("id {0} is not a UUIDv7")]
+    NotV7(Uuid),
+    #[error("json is not a valid audit event: {0}")]
+    BadJson(String),
+    #[error("json id {json} does not match record id {record}")]
+    IdMismatch { record: Uuid, json: Uuid },
+}
+
+impl TryFrom<proto::AuditRecord> for IncomingEvent {
+    type Error = RecordProblem;
+
+    fn try_from(r: proto::AuditRecord) -> Result<Self, RecordProblem> {
+        let proto::AuditRecord { id, json } = r;
+        let id = Uuid::parse_str(&id).map_err(|_| RecordProblem::BadId(id.chars().take(64).collect()))?;
+        if id.get_version_num() != 7 {
+            return Err(RecordProblem::NotV7(id));
+        }
+        let event: AuditEvent = serde_json::from_slice(&json).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
+        if event.id != id {
+            return Err(RecordProblem::IdMismatch { record: id, json: event.id });
+        }
+        Ok(Self { id, event })
+    }
+}
+
+impl IncomingEvent {
+    /// Bind the event to the authenticated device: the certificate's id
+    /// replaces whatever `device.id` the payload claimed. Returns the row and
+    /// whether the payload had claimed a different id.
+    pub fn into_new_event(self, device_id: &str) -> (NewEvent, bool) {
+        let IncomingEvent { id, mut event } = self;
+        let spoofed = event.device.id != device_id && !event.device.id.is_empty();
+        event.device.id = device_id.to_string();
+        let (provider, model, decision) = match &event.interaction {
+            Some(i) => (Some(i.provider.clone()), i.model.clone(), Some(i.policy.decision.as_str().to_string())),
+            None => (None, None, None),
+        };
+        let app = event.app.as_ref().and_then(|a| a.name.clone());
+        let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
+        let row = NewEvent {
+            id,
+            time: event.time,
+            kind: event.kind.as_str().to_string(),
+            provider,
+            model,
+            app,
+            decision,
+            json,
+        };
+        (row, spoofed)
+    }
+}
+
+impl TryFrom<proto::InventoryItem> for InventoryRecord {
+    type Error = InvalidInput;
+
+    fn try_from(i: proto::InventoryItem) -> Result<Self, InvalidInput> {
+        let proto::InventoryItem { kind, id, name, details_json } = i;
+        let kind = checked("kind", kind, true)?;
+        if !kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.') {
+            return Err(invalid("kind", format!("{kind:?} must be lowercase [a-z0-9_.]")));
+        }
+        let details = if details_json.is_empty() {
+            "{}".to_string()
+        } else {
+            let v: serde_json::Value =
+                serde_json::from_slice(&details_json).map_err(|e| invalid("details_json", e.to_string()))?;
+            if !v.is_object() {
+                return Err(invalid("details_json", "must be a JSON object"));
+            }
+            v.to_string()
+        };
+        Ok(Self { kind, item_id: checked("id", id, true)?, name: checked("name", name, false)?, details })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_core::{DeviceRef, EventKind, Interaction, UserRef};
+
+    fn facts() -> proto::DeviceFacts {
+        proto::DeviceFacts {
+            hostname: "mac-1".into(),
+            os: "macos".into(),
+            hardware_id: "C02XYZ".into(),
+            agent_version: "0.1.0".into(),
+            owner_email: "ann@example.com".into(),
+        }
+    }
+
+    #[test]
+    fn facts_convert_and_validate() {
+        let f = DeviceFacts::try_from(facts()).unwrap();
+        assert_eq!(f.owner_email.as_deref(), Some("ann@example.com"));
+        let f = DeviceFacts::try_from(proto::DeviceFacts { owner_email: "".into(), ..facts() }).unwrap();
+        assert_eq!(f.owner_email, None);
+
+        let cases = [
+            (proto::DeviceFacts { hostname: " ".into(), ..facts() }, "facts.hostname"),
+            (proto::DeviceFacts { hardware_id: "".into(), ..facts() }, "facts.hardware_id"),
+            (proto::DeviceFacts { owner_email: "nobody".into(), ..facts() }, "facts.owner_email"),
+            (proto::DeviceFacts { os: "x".repeat(MAX_FIELD_LEN + 1), ..facts() }, "facts.os"),
+            (proto::DeviceFacts { agent_version: "1\n2".into(), ..facts() }, "facts.agent_version"),
+        ];
+        for (input, field) in cases {
+            let e = DeviceFacts::try_from(input).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    fn record(ev: &AuditEvent) -> proto::AuditRecord {
+        proto::AuditRecord { id: ev.id.to_string(), json: serde_json::to_vec(ev).unwrap() }
+    }
+
+    fn ev() -> AuditEvent {
+        let mut e = AuditEvent::new(
+            EventKind::Interaction,
+            DeviceRef { id: "other-device".into(), hostname: "h".into(), os: "linux".into() },
+            UserRef::default(),
+        );
+        e.interaction = Some(Interaction { provider: "openai".into(), model: Some("gpt-4o".into()), ..Default::default() });
+        e
+    }
+
+    #[test]
+    fn record_binds_to_certificate_device() {
+        let e = ev();
+        let inc = IncomingEvent::try_from(record(&e)).unwrap();
+        let (row, spoofed) = inc.into_new_event("cert-device");
+        assert!(spoofed);
+        assert_eq!(row.id, e.id);
+        assert_eq!(row.provider.as_deref(), Some("openai"));
+        assert_eq!(row.decision.as_deref(), Some("allow"));
+        let stored: AuditEvent = serde_json::from_str(&row.json).unwrap();
+        assert_eq!(stored.device.id, "cert-device");
+    }
+
+    #[test]
+    fn bad_records_are_rejected_with_reasons() {
+        let e = ev();
+        let bad_id = proto::AuditRecord { id: "nope".into(), ..record(&e) };
+        assert!(matches!(IncomingEvent::try_from(bad_id), Err(RecordProblem::BadId(_))));
+        let v4 = proto::AuditRecord { id: "8f2e5c1e-4b7a-4c7e-9d1a-2b3c4d5e6f70".into(), ..record(&e) };
+        assert!(matches!(IncomingEvent::try_from(v4), Err(RecordProblem::NotV7(_))));
+        let bad_json = proto::AuditRecord { json: b"{not json".to_vec(), ..record(&e) };
+        assert!(matches!(IncomingEvent::try_from(bad_json), Err(RecordProblem::BadJson(_))));
+        let other = proto::AuditRecord { id: Uuid::now_v7().to_string(), ..record(&e) };
+        assert!(matches!(IncomingEvent::try_from(other), Err(RecordProblem::IdMismatch { .. })));
+    }
+
+    #[test]
+    fn inventory_items_validate() {
+        let ok = proto::InventoryItem {
+            kind: "mcp_server".into(),
+            id: "fp1".into(),
+            name: "github".into(),
+            details_json: br#"{"command":"npx"}"#.to_vec(),
+        };
+        let r = InventoryRecord::try_from(ok.clone()).unwrap();
+        assert_eq!(r.details, r#"{"command":"npx"}"#);
+        let empty = InventoryRecord::try_from(proto::InventoryItem { details_json: vec![], ..ok.clone() }).unwrap();
+        assert_eq!(empty.details, "{}");
+        for (bad, field) in [
+            (proto::InventoryItem { kind: "MCP Server".into(), ..ok.clone() }, "kind"),
+            (proto::InventoryItem { id: "".into(), ..ok.clone() }, "id"),
+            (proto::InventoryItem { details_json: b"[1]".to_vec(), ..ok.clone() }, "details_json"),
+            (proto::InventoryItem { details_json: b"{".to_vec(), ..ok.clone() }, "details_json"),
+        ] {
+            assert_eq!(InventoryRecord::try_from(bad).unwrap_err().field, field);
+        }
+    }
+}
