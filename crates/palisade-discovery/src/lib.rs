@@ -12,8 +12,10 @@ pub mod model;
 pub mod process;
 pub mod read;
 pub mod scan;
+pub mod watch;
 
 pub use model::{EntryKey, Finding, FindingKind, Inventory, InventoryChange, McpServer, Scope, Transport};
 pub use scan::{scan, HomeSource, ScanConfig};
 pub use apps::{detect_apps, unknown_app_from_traffic, AppEntry, AppKind, AppSighting, Catalog, DetectConfig};
 pub use process::{ProcInfo, ProcessLister, SystemProcesses};
+pub use watch::{watch, WatchConfig, WatchError, WatchHandle, WatchUpdate};
