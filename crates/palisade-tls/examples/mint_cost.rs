@@ -10,7 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     let store = KeyStore::open_file(&tmp.path().join("keys"))?;
     let t = Instant::now();
-    let ca = Arc::new(DeviceCa::load_or_create(&store, &tmp.path().join("certs"), "bench")?);
+    let ca = Arc::new(DeviceCa::load_or_create(
+        &store,
+        &tmp.path().join("certs"),
+        "bench",
+    )?);
     println!("create device CA: {:?}", t.elapsed());
     let t = Instant::now();
     DeviceCa::load_or_create(&store, &tmp.path().join("certs"), "bench")?;

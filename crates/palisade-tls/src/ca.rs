@@ -31,6 +31,8 @@ pub const CA_CN_PREFIX: &str = "Palisade Device CA";
 pub const CA_VALIDITY: Duration = Duration::from_secs(3650 * 86_400);
 /// Re-issue the CA certificate (same key) when it expires sooner than this.
 pub const CA_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+/// Longest CA common name (RFC 5280 ub-common-name); longer labels are cut.
+pub const MAX_CN_CHARS: usize = 64;
 /// Certificates start this far in the past to tolerate clock skew.
 pub const BACKDATE: Duration = Duration::from_secs(86_400);
 
@@ -55,7 +57,8 @@ impl DeviceCa {
     ///
     /// `common_name` is the device label (hostname or device id); the CN
     /// becomes `Palisade Device CA <label>`. A label that already starts with
-    /// that prefix is used as the whole CN. The CN of an existing, valid
+    /// that prefix is used as the whole CN; a CN over 64 characters is cut
+    /// to 64. The CN of an existing, valid
     /// certificate is kept even if the label changed, so trust stays valid.
     pub fn load_or_create(
         store: &KeyStore,
@@ -177,11 +180,9 @@ fn ca_common_name(label: &str) -> Result<String, TlsError> {
     } else {
         format!("{CA_CN_PREFIX} {label}")
     };
-    // X.509 upper bound for a common name (RFC 5280 ub-common-name).
-    if cn.chars().count() > 64 {
-        return err("the CA common name would exceed 64 characters");
-    }
-    Ok(cn)
+    // X.509 upper bound for a common name (RFC 5280 ub-common-name): a long
+    // hostname is cut, not fatal, so the agent still starts.
+    Ok(cn.chars().take(MAX_CN_CHARS).collect())
 }
 
 fn parse_key(secret: &Secret) -> Result<KeyPair, TlsError> {

@@ -21,6 +21,7 @@ mod test_util;
 
 pub use ca::{
     DeviceCa, BACKDATE, CA_CERT_FILE, CA_CN_PREFIX, CA_KEY_NAME, CA_RENEW_BEFORE, CA_VALIDITY,
+    MAX_CN_CHARS,
 };
 pub use crypto::provider;
 pub use error::TlsError;

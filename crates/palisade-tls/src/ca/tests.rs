@@ -151,7 +151,7 @@ fn corrupt_stored_key_is_a_clear_error() {
 #[test]
 fn bad_labels_are_rejected() {
     let (_tmp, store, certs) = setup();
-    for bad in ["", "   ", "a\nb", &"x".repeat(60)] {
+    for bad in ["", "   ", "a\nb", "tab\there"] {
         let err = DeviceCa::load_or_create(&store, &certs, bad).unwrap_err();
         assert!(
             matches!(err, TlsError::InvalidCommonName { .. }),
@@ -162,6 +162,15 @@ fn bad_labels_are_rejected() {
         store.get(CA_KEY_NAME).unwrap().is_none(),
         "nothing created for a bad label"
     );
+}
+
+#[test]
+fn long_labels_are_cut_to_64_characters() {
+    let (_tmp, store, certs) = setup();
+    let label = "ü".repeat(80);
+    let ca = DeviceCa::load_or_create(&store, &certs, &label).unwrap();
+    assert_eq!(ca.common_name().chars().count(), MAX_CN_CHARS);
+    assert!(ca.common_name().starts_with("Palisade Device CA üü"));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Tests for the key store: file modes, atomic writes, refusals, backend selection.
-//! Offline only; they must never touch the network or the real keyring.
+//! Offline only; only the `open()` test may probe the real keyring (write+delete of a probe entry).
 
 use super::*;
 use std::os::unix::fs::PermissionsExt;
