@@ -288,7 +288,9 @@ fn parse_cert(der: &CertificateDer<'_>) -> Result<ParsedCert, String> {
 fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| TlsError::io("creating certificate directory", dir, e))?;
-    let tmp = dir.join(format!(".{}.tmp.{}", CA_CERT_FILE, std::process::id()));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{CA_CERT_FILE}.tmp.{}.{n}", std::process::id()));
     let result = (|| {
         fs::write(&tmp, contents).map_err(|e| TlsError::io("writing", &tmp, e))?;
         #[cfg(unix)]
