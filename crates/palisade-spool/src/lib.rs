@@ -57,7 +57,7 @@ pub mod schema;
 mod tests;
 
 pub use filter::EventFilter;
-pub use paths::{data_dir_from, default_data_dir, default_spool_path, DATA_DIR_ENV, SPOOL_FILE_NAME};
+pub use paths::{data_dir_from, default_data_dir, default_spool_path, DATA_DIR_ENV, SPOOL_FILE_NAME, SYSTEM_DATA_DIR};
 
 use palisade_core::{AuditEvent, EventKind};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -151,6 +151,35 @@ pub enum SpoolError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+impl SpoolError {
+    /// Whether retrying the same call later can succeed (a busy or full disk,
+    /// a lock held elsewhere). `TooLarge`, `Encode`, `ReadOnly` and schema
+    /// errors never go away by retrying; a writer must not loop on them.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SpoolError::Sqlite { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+                // SQLITE_BUSY, LOCKED, IOERR, FULL, CANTOPEN (primary codes).
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14)),
+                _ => false,
+            },
+            SpoolError::Io { .. } => true,
+            SpoolError::InvalidOptions(_)
+            | SpoolError::NotFound { .. }
+            | SpoolError::NotASpool { .. }
+            | SpoolError::SchemaTooNew { .. }
+            | SpoolError::SchemaTooOld { .. }
+            | SpoolError::ReadOnly
+            | SpoolError::TooLarge { .. }
+            | SpoolError::Encode { .. }
+            | SpoolError::Decode { .. } => false,
+        }
+    }
 }
 
 fn sql(op: &'static str) -> impl FnOnce(sqlx::Error) -> SpoolError {

@@ -12,34 +12,32 @@ pub const DATA_DIR_ENV: &str = "PALISADE_DATA_DIR";
 /// The spool's file name inside the data directory.
 pub const SPOOL_FILE_NAME: &str = "spool.db";
 
+/// Used when no home directory is known (e.g. a system service without `HOME`).
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/palisade/agent";
+
 /// The agent's data directory for this process's environment and OS:
 /// `$PALISADE_DATA_DIR` if set; else `~/Library/Application Support/Palisade/agent`
-/// on macOS, `%LOCALAPPDATA%\Palisade\agent` on Windows, and
-/// `${XDG_DATA_HOME:-~/.local/share}/palisade/agent` elsewhere.
-/// `None` when no home directory is known.
-pub fn default_data_dir() -> Option<PathBuf> {
+/// on macOS and `~/.local/share/palisade/agent` elsewhere; else (no `HOME`)
+/// [`SYSTEM_DATA_DIR`]. The agent and the CLI must both use this.
+pub fn default_data_dir() -> PathBuf {
     data_dir_from(|k| std::env::var_os(k), std::env::consts::OS)
 }
 
 /// `default_data_dir()/spool.db`.
-pub fn default_spool_path() -> Option<PathBuf> {
-    default_data_dir().map(|d| d.join(SPOOL_FILE_NAME))
+pub fn default_spool_path() -> PathBuf {
+    default_data_dir().join(SPOOL_FILE_NAME)
 }
 
 /// [`default_data_dir`] with the environment and OS passed in (for tests).
-pub fn data_dir_from(env: impl Fn(&str) -> Option<OsString>, os: &str) -> Option<PathBuf> {
+pub fn data_dir_from(env: impl Fn(&str) -> Option<OsString>, os: &str) -> PathBuf {
     let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
     if let Some(dir) = nonempty(DATA_DIR_ENV) {
-        return Some(PathBuf::from(dir));
+        return PathBuf::from(dir);
     }
-    match os {
-        "macos" => nonempty("HOME").map(|h| PathBuf::from(h).join("Library/Application Support/Palisade/agent")),
-        "windows" => nonempty("LOCALAPPDATA").map(|d| PathBuf::from(d).join("Palisade").join("agent")),
-        _ => nonempty("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .map(|d| d.join("palisade/agent")),
+    match (os, nonempty("HOME").map(PathBuf::from)) {
+        ("macos", Some(home)) => home.join("Library/Application Support/Palisade/agent"),
+        (_, Some(home)) => home.join(".local/share/palisade/agent"),
+        (_, None) => PathBuf::from(SYSTEM_DATA_DIR),
     }
 }
 
@@ -57,32 +55,25 @@ mod tests {
     fn override_wins_everywhere() {
         for os in ["linux", "macos", "windows"] {
             let e = env(&[(DATA_DIR_ENV, "/srv/p"), ("HOME", "/home/a")]);
-            assert_eq!(data_dir_from(e, os), Some(PathBuf::from("/srv/p")));
+            assert_eq!(data_dir_from(e, os), PathBuf::from("/srv/p"));
         }
     }
 
     #[test]
     fn platform_defaults() {
-        assert_eq!(
-            data_dir_from(env(&[("HOME", "/home/a")]), "linux"),
-            Some(PathBuf::from("/home/a/.local/share/palisade/agent"))
-        );
-        assert_eq!(
-            data_dir_from(env(&[("HOME", "/home/a"), ("XDG_DATA_HOME", "/x")]), "linux"),
-            Some(PathBuf::from("/x/palisade/agent"))
-        );
+        assert_eq!(data_dir_from(env(&[("HOME", "/home/a")]), "linux"), PathBuf::from("/home/a/.local/share/palisade/agent"));
         assert_eq!(
             data_dir_from(env(&[("HOME", "/Users/a")]), "macos"),
-            Some(PathBuf::from("/Users/a/Library/Application Support/Palisade/agent"))
+            PathBuf::from("/Users/a/Library/Application Support/Palisade/agent")
         );
+        assert_eq!(data_dir_from(env(&[]), "linux"), PathBuf::from(SYSTEM_DATA_DIR));
     }
 
     #[test]
-    fn empty_or_relative_values_are_ignored() {
+    fn empty_values_are_ignored() {
         assert_eq!(
-            data_dir_from(env(&[(DATA_DIR_ENV, ""), ("HOME", "/h"), ("XDG_DATA_HOME", "rel")]), "linux"),
-            Some(PathBuf::from("/h/.local/share/palisade/agent"))
+            data_dir_from(env(&[(DATA_DIR_ENV, ""), ("HOME", "")]), "linux"),
+            PathBuf::from(SYSTEM_DATA_DIR)
         );
-        assert_eq!(data_dir_from(env(&[]), "linux"), None);
     }
 }

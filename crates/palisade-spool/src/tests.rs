@@ -205,6 +205,7 @@ async fn a_batch_larger_than_the_cap_is_refused_and_nothing_is_stored() {
     let e = spool.append_batch(&[simple("a"), huge]).await.unwrap_err();
     assert!(matches!(e, SpoolError::TooLarge { .. }), "{e}");
     assert!(e.to_string().contains("cannot fit"), "{e}");
+    assert!(!e.is_retryable(), "retrying the same batch can never fit");
     let stats = spool.stats().await.unwrap();
     assert_eq!((stats.count, stats.dropped_total), (1, 0));
 }
@@ -339,7 +340,8 @@ async fn read_only_handle_sees_a_live_writer_and_cannot_write() {
     assert_eq!(reader.query(&EventFilter::default()).await.unwrap(), vec![a.clone(), b.clone()]);
     assert_eq!(reader.stats().await.unwrap().count, 2);
 
-    assert!(matches!(reader.append(&simple("no")).await, Err(SpoolError::ReadOnly)));
+    let e = reader.append(&simple("no")).await.unwrap_err();
+    assert!(matches!(e, SpoolError::ReadOnly) && !e.is_retryable(), "{e}");
     assert!(matches!(reader.ack(&[a.id]).await, Err(SpoolError::ReadOnly)));
     assert_eq!(writer.stats().await.unwrap().count, 2);
 }
