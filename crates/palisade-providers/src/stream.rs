@@ -363,7 +363,7 @@ impl StreamParser {
             }
             match b {
                 b'"' => self.in_str = true,
-                b'{' | b'[' => self.depth += 1,
+                b'{' | b'[' => self.depth = self.depth.saturating_add(1),
                 b'}' | b']' => {
                     self.depth -= 1;
                     if self.depth == 0 {
