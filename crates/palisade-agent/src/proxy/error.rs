@@ -51,7 +51,7 @@ impl ProxyError {
     /// Classify an error from hyper's pooled client.
     pub fn from_client_error(host: &str, e: &hyper_util::client::legacy::Error) -> Self {
         let detail = chain(e);
-        if has_rustls_error(e) {
+        if has_rustls_error(e) || detail.contains("certificate") || detail.contains("TLS") {
             return Self::new(
                 ErrorSource::Upstream,
                 format!("TLS handshake with upstream {host} failed: {detail}"),

@@ -274,6 +274,10 @@ impl Body for RecordingBody {
                 if let Some(d) = frame.data_ref() {
                     this.tap.on_data(d);
                 }
+                // hyper stops polling once the body says it has ended.
+                if this.inner.is_end_stream() {
+                    this.tap.finish(None);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -302,9 +306,13 @@ impl Body for RecordingBody {
 
 impl Drop for RecordingBody {
     fn drop(&mut self) {
-        // Still unfinished: the client went away before the response ended.
-        self.tap
-            .finish(Some("client disconnected before the response completed".into()));
+        if self.inner.is_end_stream() {
+            self.tap.finish(None);
+        } else {
+            // Still unfinished: the client went away before the response ended.
+            self.tap
+                .finish(Some("client disconnected before the response completed".into()));
+        }
     }
 }
 

@@ -91,8 +91,11 @@ impl tower_service::Service<http::Uri> for TcpConnector {
 /// The pooled upstream client (HTTP/1.1 and HTTP/2 by ALPN; also plain HTTP
 /// for the forward proxy).
 pub fn build_client(dialer: Dialer, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
+    // hyper-rustls sets ALPN itself from the enabled versions.
+    let mut cfg = (*tls).clone();
+    cfg.alpn_protocols.clear();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
+        .with_tls_config(cfg)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(TcpConnector { dialer });

@@ -1,0 +1,360 @@
+//! `palisade-bench proxy`: measures the agent's proxy against a direct
+//! connection to the same fake upstream, and against mitmproxy (`mitmdump`)
+//! when it is installed. Prints figures; asserts nothing.
+//!
+//! The agent runs as a separate process (the release `palisade-agent` binary
+//! next to this one) so its RSS can be read from /proc without the load
+//! generator's memory mixed in.
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use palisade_test_support::{start_echo_tcp, FakeProvider, TestCa};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LAT_REQUESTS: usize = 2000;
+const RPS_SECONDS: u64 = 5;
+const TUNNEL_BYTES: usize = 100 * 1024 * 1024;
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    ca_pem: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_port(addr: SocketAddr) -> Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listening on {addr}")
+}
+
+async fn start_agent(dir: &Path, test_ca_file: &Path) -> Result<Proc> {
+    let exe = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join("palisade-agent");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p palisade-agent)",
+            exe.display()
+        );
+    }
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"ai_hosts": [{"host": "localhost", "provider": "openai"}]}"#,
+    )?;
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\npolicy_file = \"{}\"\nupstream_ca_file = \"{}\"\nkey_store = \"file\"\n",
+            dir.join("agent").display(),
+            policy.display(),
+            test_ca_file.display()
+        ),
+    )?;
+    let child = Command::new(&exe)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    wait_port(addr).await?;
+    let ca_pem = std::fs::read_to_string(dir.join("agent").join("palisade-ca.pem"))?;
+    Ok(Proc {
+        child,
+        addr,
+        ca_pem,
+    })
+}
+
+fn find_mitmdump() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|p| p.join("mitmdump"))
+        .find(|p| p.exists())
+}
+
+async fn start_mitm(dir: &Path, test_ca_file: &Path, ignore_all: bool) -> Result<Option<Proc>> {
+    let Some(exe) = find_mitmdump() else {
+        return Ok(None);
+    };
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let conf = dir.join(if ignore_all { "mitm-tunnel" } else { "mitm" });
+    std::fs::create_dir_all(&conf)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["--listen-host", "127.0.0.1", "--listen-port", &port.to_string(), "-q"])
+        .arg("--set")
+        .arg(format!("confdir={}", conf.display()))
+        .arg("--set")
+        .arg(format!("ssl_verify_upstream_trusted_ca={}", test_ca_file.display()));
+    if ignore_all {
+        cmd.args(["--ignore-hosts", ".*"]);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    wait_port(addr).await?;
+    let ca_path = conf.join("mitmproxy-ca-cert.pem");
+    for _ in 0..100 {
+        if ca_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_path).unwrap_or_default();
+    Ok(Some(Proc {
+        child,
+        addr,
+        ca_pem,
+    }))
+}
+
+fn client(proxy: Option<SocketAddr>, ca_pem: &str, pool: usize) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .http1_only()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .pool_max_idle_per_host(pool)
+        .timeout(Duration::from_secs(30));
+    b = match proxy {
+        Some(p) => b.proxy(reqwest::Proxy::all(format!("http://{p}"))?),
+        None => b.no_proxy(),
+    };
+    Ok(b.build()?)
+}
+
+fn body() -> serde_json::Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello in five words."}]
+    })
+}
+
+async fn one(c: &reqwest::Client, url: &str) -> Result<()> {
+    let r = c.post(url).json(&body()).send().await?;
+    if !r.status().is_success() {
+        bail!("status {}", r.status());
+    }
+    let _ = r.bytes().await?;
+    Ok(())
+}
+
+/// Sequential requests on one keep-alive connection; returns sorted latencies (µs).
+async fn latencies(c: &reqwest::Client, url: &str) -> Result<Vec<u64>> {
+    for _ in 0..50 {
+        one(c, url).await?;
+    }
+    let mut v = Vec::with_capacity(LAT_REQUESTS);
+    for _ in 0..LAT_REQUESTS {
+        let t = Instant::now();
+        one(c, url).await?;
+        v.push(t.elapsed().as_micros() as u64);
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn pct(v: &[u64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+/// Requests per second with `conc` concurrent keep-alive clients.
+async fn rps(c: &reqwest::Client, url: &str, conc: usize, rss_pid: Option<u32>) -> Result<(f64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(RPS_SECONDS);
+    let start = Instant::now();
+    let sampler = rss_pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while Instant::now() < deadline {
+                peak = peak.max(rss_kb(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        })
+    });
+    let done: usize = futures_util::stream::iter(0..conc)
+        .map(|_| {
+            let c = c.clone();
+            let url = url.to_string();
+            async move {
+                let mut n = 0usize;
+                while Instant::now() < deadline {
+                    if one(&c, &url).await.is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            }
+        })
+        .buffer_unordered(conc)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    let peak = match sampler {
+        Some(s) => s.await?,
+        None => 0,
+    };
+    Ok((done as f64 / start.elapsed().as_secs_f64(), peak))
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Push TUNNEL_BYTES through an echo server and read them back; MB/s.
+async fn tunnel(echo: SocketAddr, proxy: Option<SocketAddr>) -> Result<f64> {
+    let mut s = match proxy {
+        None => TcpStream::connect(echo).await?,
+        Some(p) => {
+            let mut s = TcpStream::connect(p).await?;
+            s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+                .await?;
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).await?;
+                head.push(b[0]);
+            }
+            if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+                bail!("CONNECT refused: {}", String::from_utf8_lossy(&head));
+            }
+            s
+        }
+    };
+    s.set_nodelay(true)?;
+    let (mut rd, mut wr) = s.split();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let t = Instant::now();
+    let w = async {
+        let mut sent = 0;
+        while sent < TUNNEL_BYTES {
+            wr.write_all(&chunk).await?;
+            sent += chunk.len();
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let r = async {
+        let mut got = 0;
+        let mut buf = vec![0u8; 256 * 1024];
+        while got < TUNNEL_BYTES {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok::<_, std::io::Error>(got)
+    };
+    let (wres, got) = tokio::join!(w, r);
+    wres?;
+    let got = got?;
+    if got < TUNNEL_BYTES {
+        bail!("tunnel returned {got} of {TUNNEL_BYTES} bytes");
+    }
+    Ok(TUNNEL_BYTES as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "proxy".into());
+    if what != "proxy" {
+        bail!("usage: palisade-bench proxy");
+    }
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new();
+    let ca_file = dir.path().join("test-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem())?;
+    let fake = FakeProvider::start(&ca, &["localhost"]).await;
+    let url = format!("https://localhost:{}/v1/chat/completions", fake.addr.port());
+    let echo = start_echo_tcp().await;
+
+    let agent = start_agent(dir.path(), &ca_file).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kb(agent.child.id()).unwrap_or(0);
+    let mitm = start_mitm(dir.path(), &ca_file, false).await?;
+    let mitm_tunnel = start_mitm(dir.path(), &ca_file, true).await?;
+    if mitm.is_none() {
+        println!("note: mitmdump not found on PATH (pip install mitmproxy); mitmproxy columns skipped");
+    }
+
+    println!("== (a) latency, small non-streaming request, {LAT_REQUESTS} sequential keep-alive requests");
+    let direct_c = client(None, &ca.cert_pem(), 64)?;
+    let agent_c = client(Some(agent.addr), &agent.ca_pem, 64)?;
+    let d = latencies(&direct_c, &url).await?;
+    let a = latencies(&agent_c, &url).await?;
+    println!("direct     p50 {:7.3} ms  p99 {:7.3} ms", pct(&d, 0.5), pct(&d, 0.99));
+    println!("palisade   p50 {:7.3} ms  p99 {:7.3} ms   added p50 {:+.3} ms  p99 {:+.3} ms  (p50 ratio {:.2}x direct)",
+        pct(&a, 0.5), pct(&a, 0.99), pct(&a, 0.5) - pct(&d, 0.5), pct(&a, 0.99) - pct(&d, 0.99), pct(&a, 0.5) / pct(&d, 0.5));
+    let mitm_c = match &mitm {
+        Some(m) => Some(client(Some(m.addr), &m.ca_pem, 64)?),
+        None => None,
+    };
+    if let Some(mc) = &mitm_c {
+        let m = latencies(mc, &url).await?;
+        println!("mitmproxy  p50 {:7.3} ms  p99 {:7.3} ms   added p50 {:+.3} ms  p99 {:+.3} ms",
+            pct(&m, 0.5), pct(&m, 0.99), pct(&m, 0.5) - pct(&d, 0.5), pct(&m, 0.99) - pct(&d, 0.99));
+    }
+
+    println!("== (b) blind tunnel, {} MB echoed", TUNNEL_BYTES / 1024 / 1024);
+    let td = tunnel(echo, None).await?;
+    let ta = tunnel(echo, Some(agent.addr)).await?;
+    println!("direct     {td:8.1} MB/s");
+    println!("palisade   {ta:8.1} MB/s   ({:.1}% of direct)", ta / td * 100.0);
+    if let Some(m) = &mitm_tunnel {
+        let tm = tunnel(echo, Some(m.addr)).await?;
+        println!("mitmproxy  {tm:8.1} MB/s   ({:.1}% of direct)", tm / td * 100.0);
+    }
+
+    println!("== (c) intercepted keep-alive requests/s, {RPS_SECONDS}s each");
+    let mut peak_rss = 0;
+    for conc in [1usize, 50] {
+        let (dr, _) = rps(&direct_c, &url, conc, None).await?;
+        let (ar, peak) = rps(&agent_c, &url, conc, Some(agent.child.id())).await?;
+        peak_rss = peak_rss.max(peak);
+        print!("{conc:>2} clients: direct {dr:8.0}/s  palisade {ar:8.0}/s ({:.2} of direct)", ar / dr);
+        if let Some(mc) = &mitm_c {
+            let (mr, _) = rps(mc, &url, conc, None).await?;
+            print!("  mitmproxy {mr:8.0}/s  palisade/mitmproxy {:.1}x", ar / mr);
+        }
+        println!();
+    }
+
+    println!("== (e) agent memory");
+    println!("idle RSS {:.1} MB, peak RSS under (c) {:.1} MB", idle_rss as f64 / 1024.0, peak_rss as f64 / 1024.0);
+    drop(mitm);
+    drop(mitm_tunnel);
+    drop(agent);
+    Ok(())
+}
