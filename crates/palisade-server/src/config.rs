@@ -330,8 +330,7 @@ mod tests {
 
     #[test]
     fn validate_reports_every_problem() {
-        let mut cfg = ServerConfig::default();
-        cfg.grpc_listen = "nope".into();
+        let mut cfg = ServerConfig { grpc_listen: "nope".into(), ..Default::default() };
         cfg.store.postgres_url = Some("mysql://x".into());
         cfg.store.postgres_schema = Some("Bad-Name".into());
         cfg.tls.ca_cert = Some("/ca.pem".into());

@@ -6,7 +6,7 @@
 //! refuse revoked devices. Must never accept an id from anywhere else.
 
 use crate::pki::{device_id_from_cert, fingerprint};
-use crate::store::Store;
+use crate::store::{DeviceAuth, Store, StoreError};
 use tonic::{Request, Status};
 use tracing::{error, warn};
 
@@ -31,15 +31,20 @@ pub(crate) async fn authenticate<T>(store: &Store, req: &Request<T>) -> Result<D
         Status::unauthenticated(format!("client certificate is not a device certificate: {e}"))
     })?;
     let identity = DeviceIdentity { id, fingerprint: fingerprint(leaf) };
-    recheck(store, &identity).await?;
+    let auth = store.touch_device(&identity.id).await;
+    check(&identity, auth)?;
     Ok(identity)
 }
 
 /// Check again that the device is enrolled, unrevoked and on this certificate
 /// (long-lived streams call this per batch, so a revocation bites at once).
 pub(crate) async fn recheck(store: &Store, identity: &DeviceIdentity) -> Result<(), Status> {
+    check(identity, store.device_auth(&identity.id).await)
+}
+
+fn check(identity: &DeviceIdentity, auth: Result<Option<DeviceAuth>, StoreError>) -> Result<(), Status> {
     let id = &identity.id;
-    let auth = store.touch_device(id).await.map_err(|e| {
+    let auth = auth.map_err(|e| {
         error!(error = %e, device_id = %id, "Store unavailable during authentication");
         Status::unavailable("store unavailable, retry later")
     })?;

@@ -255,6 +255,20 @@ macro_rules! backend_impl {
                 .transpose()
             }
 
+            pub(super) async fn device_auth(&self, id: &str) -> Result<Option<DeviceAuth>, StoreError> {
+                let row = sqlx::query("SELECT cert_fingerprint, revoked_at FROM devices WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| {
+                    Ok(DeviceAuth {
+                        cert_fingerprint: r.try_get("cert_fingerprint")?,
+                        revoked_at: opt_ms(r.try_get("revoked_at")?)?,
+                    })
+                })
+                .transpose()
+            }
+
             pub(super) async fn revoke_device(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
                 let r = sqlx::query(
                     "UPDATE devices SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",

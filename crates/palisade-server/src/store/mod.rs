@@ -155,11 +155,11 @@ pub struct InventoryRecord {
     pub details: String,
 }
 
-/// The store: one of the two backends, same semantics.
+/// The store: one of the two backends, same semantics. Cheap to clone (pools are shared).
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(SqliteBackend),
-    Postgres(PgBackend),
+    Postgres(Box<PgBackend>),
 }
 
 macro_rules! dispatch {
@@ -190,7 +190,7 @@ impl Store {
 
     /// `schema`, when given, is created if missing and used as search_path.
     pub async fn open_postgres(url: &str, schema: Option<&str>, max_connections: u32) -> Result<Self, StoreError> {
-        Ok(Store::Postgres(PgBackend::open(url, schema, max_connections).await?))
+        Ok(Store::Postgres(Box::new(PgBackend::open(url, schema, max_connections).await?)))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -237,6 +237,12 @@ impl Store {
     /// when the id is unknown.
     pub async fn touch_device(&self, id: &str) -> Result<Option<DeviceAuth>, StoreError> {
         dispatch!(self.touch_device(id))
+    }
+
+    /// Read-only variant of [`Store::touch_device`] for per-batch re-checks
+    /// (never waits on SQLite's write lock).
+    pub async fn device_auth(&self, id: &str) -> Result<Option<DeviceAuth>, StoreError> {
+        dispatch!(self.device_auth(id))
     }
 
     /// Revoke a device; false when it is unknown or already revoked.

@@ -108,6 +108,8 @@ async fn touch_revoke_and_applied() {
         assert!(s.revoke_device("d", "lost laptop").await.unwrap());
         assert!(!s.revoke_device("d", "again").await.unwrap());
         assert!(s.touch_device("d").await.unwrap().unwrap().revoked_at.is_some());
+        assert!(s.device_auth("d").await.unwrap().unwrap().revoked_at.is_some());
+        assert!(s.device_auth("ghost").await.unwrap().is_none());
     }
 }
 
