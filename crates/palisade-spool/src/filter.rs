@@ -37,9 +37,9 @@ pub(crate) fn like_escape(s: &str) -> String {
     out
 }
 
-/// `SELECT id, body ...` for `f`, ordered oldest first.
+/// `SELECT seq, id, body ...` for `f`, ordered oldest first.
 pub(crate) fn build_query(f: &EventFilter) -> QueryBuilder<'static, Sqlite> {
-    let mut qb = QueryBuilder::new("SELECT id, body FROM (SELECT seq, id, time_us, body FROM events WHERE 1 = 1");
+    let mut qb = QueryBuilder::new("SELECT seq, id, body FROM (SELECT seq, id, time_us, body FROM events WHERE 1 = 1");
     if let Some(kind) = &f.kind {
         qb.push(" AND kind = ").push_bind(kind.clone());
     }

@@ -43,6 +43,14 @@
 //!   later; it is not counted, since the newer one's cumulative
 //!   `dropped_total` supersedes it. A single batch larger than the cap is refused with
 //!   [`SpoolError::TooLarge`].
+//! - **Rows that no longer decode** (an incompatible upgrade, a damaged
+//!   page) never block the uploader: `peek` moves them verbatim to a
+//!   `rejected` table, counts them (`rejected_total`) and appends a
+//!   `spool.rejected` record naming the id, so this loss is reported too.
+//! - **Disk.** `ack` gives free pages back (`auto_vacuum = INCREMENTAL`) once
+//!   a drained backlog left a quarter of the file free, and the WAL is
+//!   truncated to [`JOURNAL_SIZE_LIMIT`] after checkpoints, so the file does
+//!   not stay at its high-water mark.
 //! - **Schema.** Versioned with `PRAGMA user_version`; see [`schema`]. A file
 //!   written by a newer agent is refused rather than guessed at.
 //! - **Files.** The parent directory is created `0700`, the database `0600`
@@ -59,8 +67,10 @@ mod tests;
 pub use filter::EventFilter;
 pub use paths::{data_dir_from, default_data_dir, default_spool_path, DATA_DIR_ENV, SPOOL_FILE_NAME, SYSTEM_DATA_DIR};
 
-use palisade_core::{AuditEvent, EventKind};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use palisade_core::{AuditEvent, DeviceRef, EventKind, UserRef};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +90,14 @@ pub const LOW_WATER_PERCENT: u64 = 95;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `reason` in the details of a `spool.dropped` record written by the size cap.
 pub const DROP_REASON_SIZE_CAP: &str = "size_cap";
+
+/// Kind of the record reporting a quarantined, undecodable row.
+pub const REJECTED_KIND: &str = "spool.rejected";
+/// The WAL file is truncated back to this size after checkpoints.
+pub const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+/// `ack` gives free pages back to the OS once this many are free and they
+/// are at least a quarter of the file.
+const VACUUM_MIN_FREE_PAGES: i64 = 1024;
 
 /// Largest number of bound parameters put in one `IN (...)` list.
 const MAX_BINDS_PER_STATEMENT: usize = 500;
@@ -108,6 +126,10 @@ pub struct SpoolStats {
     /// Audit records ever dropped by the size cap (persistent; `spool.dropped`
     /// markers that were dropped in turn are not counted).
     pub dropped_total: u64,
+    /// Rows ever quarantined because they no longer decode (persistent).
+    pub rejected_total: u64,
+    /// Size of the database file (pages in use and free), excluding the WAL.
+    pub file_bytes: u64,
 }
 
 /// Everything that can go wrong with the spool.
@@ -117,7 +139,7 @@ pub enum SpoolError {
     InvalidOptions(String),
     #[error("spool file {path} does not exist")]
     NotFound { path: PathBuf },
-    #[error("cannot prepare spool path {path}: {source}")]
+    #[error("cannot access spool path {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
@@ -136,12 +158,6 @@ pub enum SpoolError {
     #[error("cannot encode audit event {id}: {source}")]
     Encode {
         id: Uuid,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("stored record {id} cannot be decoded: {source}")]
-    Decode {
-        id: String,
         #[source]
         source: serde_json::Error,
     },
@@ -176,8 +192,7 @@ impl SpoolError {
             | SpoolError::SchemaTooOld { .. }
             | SpoolError::ReadOnly
             | SpoolError::TooLarge { .. }
-            | SpoolError::Encode { .. }
-            | SpoolError::Decode { .. } => false,
+            | SpoolError::Encode { .. } => false,
         }
     }
 }
@@ -258,8 +273,11 @@ impl Spool {
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
+                    // Only takes effect on a new file; lets `ack` give space back.
+                    .auto_vacuum(SqliteAutoVacuum::Incremental)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full),
+                    .synchronous(SqliteSynchronous::Full)
+                    .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string()),
             )
             .await
             .map_err(sql("open"))?;
@@ -356,13 +374,25 @@ impl Spool {
     }
 
     /// Up to `limit` records, oldest first. Nothing is removed.
+    ///
+    /// A row that no longer decodes (an incompatible upgrade, a damaged
+    /// file) must not block the uploader forever: on a writable spool it is
+    /// moved verbatim to the `rejected` table and a `spool.rejected` record
+    /// reports it; a read-only handle skips it with a warning.
     pub async fn peek(&self, limit: usize) -> Result<Vec<AuditEvent>, SpoolError> {
-        let rows = sqlx::query("SELECT id, body FROM events ORDER BY seq LIMIT ?")
+        let rows = sqlx::query("SELECT seq, id, body FROM events ORDER BY seq LIMIT ?")
             .bind(clamp_limit(limit))
             .fetch_all(&self.inner.reader)
             .await
             .map_err(sql("peek"))?;
-        rows.iter().map(decode_row).collect()
+        let (events, bad) = decode_rows(&rows)?;
+        if !bad.is_empty() {
+            match &self.inner.writer {
+                Some(writer) => quarantine(writer, &bad).await?,
+                None => warn_skipped(&bad),
+            }
+        }
+        Ok(events)
     }
 
     /// Delete the records the control plane acknowledged. Unknown ids are
@@ -384,18 +414,24 @@ impl Spool {
             deleted += qb.build().execute(&mut *tx).await.map_err(sql("ack"))?.rows_affected();
         }
         tx.commit().await.map_err(sql("commit ack"))?;
+        if deleted > 0 {
+            reclaim_space(writer).await?;
+        }
         Ok(deleted)
     }
 
     /// Records matching `f`, oldest first. With a limit, the newest `limit`
     /// matches (still returned oldest first), like `tail`.
+    /// Rows that no longer decode are skipped with a warning naming them.
     pub async fn query(&self, f: &EventFilter) -> Result<Vec<AuditEvent>, SpoolError> {
         let mut qb = filter::build_query(f);
         let rows = qb.build().fetch_all(&self.inner.reader).await.map_err(sql("query"))?;
-        rows.iter().map(decode_row).collect()
+        let (events, bad) = decode_rows(&rows)?;
+        warn_skipped(&bad);
+        Ok(events)
     }
 
-    /// Record count, bytes held and the persistent dropped counter.
+    /// Record count, bytes held, the persistent counters and the file size.
     pub async fn stats(&self) -> Result<SpoolStats, SpoolError> {
         let rows = sqlx::query("SELECT key, value FROM meta")
             .fetch_all(&self.inner.reader)
@@ -410,9 +446,12 @@ impl Spool {
                 "count" => stats.count = value,
                 "bytes" => stats.bytes = value,
                 "dropped_total" => stats.dropped_total = value,
+                "rejected_total" => stats.rejected_total = value,
                 _ => {}
             }
         }
+        let (pages, page_size) = page_stats(&self.inner.reader).await?;
+        stats.file_bytes = u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0);
         Ok(stats)
     }
 
@@ -466,10 +505,95 @@ fn clamp_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEvent, SpoolError> {
-    let id: String = row.try_get("id").map_err(sql("read row"))?;
-    let body: String = row.try_get("body").map_err(sql("read row"))?;
-    serde_json::from_str(&body).map_err(|source| SpoolError::Decode { id, source })
+/// A stored row that failed to decode.
+struct BadRow {
+    seq: i64,
+    id: String,
+    error: String,
+}
+
+/// Decode `seq, id, body` rows, separating the ones that no longer decode.
+fn decode_rows(rows: &[sqlx::sqlite::SqliteRow]) -> Result<(Vec<AuditEvent>, Vec<BadRow>), SpoolError> {
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        let seq: i64 = row.try_get("seq").map_err(sql("read row"))?;
+        let id: String = row.try_get("id").map_err(sql("read row"))?;
+        let body: String = row.try_get("body").map_err(sql("read row"))?;
+        match serde_json::from_str(&body) {
+            Ok(ev) => events.push(ev),
+            Err(e) => bad.push(BadRow { seq, id, error: e.to_string() }),
+        }
+    }
+    Ok((events, bad))
+}
+
+fn warn_skipped(bad: &[BadRow]) {
+    for b in bad {
+        warn!(id = %b.id, error = %b.error, "Skipping spool record that cannot be decoded");
+    }
+}
+
+/// Move undecodable rows to `rejected` and report each with a
+/// `spool.rejected` record, in one transaction.
+async fn quarantine(writer: &SqlitePool, bad: &[BadRow]) -> Result<(), SpoolError> {
+    /// The envelope of a row whose full record no longer decodes, if that much does.
+    #[derive(serde::Deserialize, Default)]
+    struct Envelope {
+        #[serde(default)]
+        device: DeviceRef,
+        #[serde(default)]
+        user: UserRef,
+    }
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(sql("begin quarantine"))?;
+    let now_us = chrono::Utc::now().timestamp_micros();
+    for b in bad {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM events WHERE seq = ?")
+            .bind(b.seq)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql("quarantine"))?;
+        let Some(body) = body else { continue }; // acknowledged meanwhile
+        sqlx::query("INSERT INTO rejected (seq, id, rejected_at_us, error, body) VALUES (?, ?, ?, ?, ?)")
+            .bind(b.seq)
+            .bind(&b.id)
+            .bind(now_us)
+            .bind(&b.error)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("quarantine"))?;
+        sqlx::query("DELETE FROM events WHERE seq = ?").bind(b.seq).execute(&mut *tx).await.map_err(sql("quarantine"))?;
+        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'rejected_total'")
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("quarantine"))?;
+        let env: Envelope = serde_json::from_str(&body).unwrap_or_default();
+        let mut marker = AuditEvent::new(EventKind::from(REJECTED_KIND.to_string()), env.device, env.user);
+        marker.details = serde_json::json!({ "id": b.id, "error": b.error, "reason": "undecodable" });
+        insert_row(&mut tx, &EncodedRow::encode(&marker)?).await?;
+        warn!(id = %b.id, error = %b.error, "Quarantined spool record that cannot be decoded");
+    }
+    tx.commit().await.map_err(sql("commit quarantine"))
+}
+
+async fn page_stats(pool: &SqlitePool) -> Result<(i64, i64), SpoolError> {
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(pool).await.map_err(sql("page count"))?;
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(pool).await.map_err(sql("page size"))?;
+    Ok((pages, size))
+}
+
+/// Give free pages back to the OS once enough of the file is free (after
+/// the uploader drained a backlog). Needs `auto_vacuum = INCREMENTAL`, which
+/// only files created by this crate have; elsewhere it is a no-op.
+async fn reclaim_space(writer: &SqlitePool) -> Result<(), SpoolError> {
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(writer).await.map_err(sql("freelist"))?;
+    let (pages, _) = page_stats(writer).await?;
+    if free >= VACUUM_MIN_FREE_PAGES && free.saturating_mul(4) >= pages {
+        sqlx::raw_sql("PRAGMA incremental_vacuum").execute(writer).await.map_err(sql("incremental vacuum"))?;
+        debug!(freed_pages = free, "Spool gave free pages back");
+    }
+    Ok(())
 }
 
 async fn insert_row(

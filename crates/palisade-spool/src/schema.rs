@@ -9,8 +9,8 @@ use std::path::Path;
 
 /// Ordered migration steps; step `i` moves the schema from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
-    // v1: events with indexed filter columns, and counters kept by triggers so
-    // the size cap never needs a full-table SUM.
+    // v1: events with indexed filter columns, counters kept by triggers so
+    // the size cap never needs a full-table SUM, and the rejected-row table.
     r#"
     CREATE TABLE events (
         seq      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -34,7 +34,16 @@ pub const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
-    INSERT INTO meta (key, value) VALUES ('count', 0), ('bytes', 0), ('dropped_total', 0);
+    INSERT INTO meta (key, value) VALUES ('count', 0), ('bytes', 0), ('dropped_total', 0), ('rejected_total', 0);
+    -- Rows whose JSON no longer decodes (e.g. after an incompatible upgrade),
+    -- moved aside verbatim so they neither block the uploader nor vanish.
+    CREATE TABLE rejected (
+        seq            INTEGER PRIMARY KEY,
+        id             TEXT    NOT NULL,
+        rejected_at_us INTEGER NOT NULL,
+        error          TEXT    NOT NULL,
+        body           TEXT    NOT NULL
+    );
     CREATE TRIGGER events_counted_insert AFTER INSERT ON events BEGIN
         UPDATE meta SET value = value + 1 WHERE key = 'count';
         UPDATE meta SET value = value + NEW.size WHERE key = 'bytes';
