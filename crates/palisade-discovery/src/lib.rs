@@ -6,6 +6,7 @@
 
 pub mod apps;
 pub mod clients;
+pub mod enforce;
 pub mod fingerprint;
 pub mod jsonc;
 pub mod model;
@@ -19,3 +20,4 @@ pub use scan::{scan, HomeSource, ScanConfig};
 pub use apps::{detect_apps, unknown_app_from_traffic, AppEntry, AppKind, AppSighting, Catalog, DetectConfig};
 pub use process::{ProcInfo, ProcessLister, SystemProcesses};
 pub use watch::{watch, WatchConfig, WatchError, WatchHandle, WatchUpdate};
+pub use enforce::{disable_server, restore, stop_processes, DisableReceipt, EnforceError, EnforcementAction, Enforcer, RestoreOutcome};
