@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod clients;
 pub mod enforce;
+pub mod events;
 pub mod fingerprint;
 pub mod jsonc;
 pub mod model;
