@@ -8,6 +8,7 @@
 
 use crate::store::{InventoryRecord, NewEvent};
 use palisade_core::AuditEvent;
+use serde::Deserialize;
 use palisade_proto as proto;
 use uuid::Uuid;
 
@@ -73,6 +74,9 @@ impl TryFrom<proto::DeviceFacts> for DeviceFacts {
 pub struct IncomingEvent {
     pub id: Uuid,
     pub event: AuditEvent,
+    /// The JSON as sent, kept whole so fields this server version does not
+    /// know yet (a newer agent) are stored, not dropped.
+    raw: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why one record of a batch can never be stored.
@@ -97,11 +101,13 @@ impl TryFrom<proto::AuditRecord> for IncomingEvent {
         if id.get_version_num() != 7 {
             return Err(RecordProblem::NotV7(id));
         }
-        let event: AuditEvent = serde_json::from_slice(&json).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
+        let raw: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&json).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
+        let event = AuditEvent::deserialize(&raw).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
         if event.id != id {
             return Err(RecordProblem::IdMismatch { record: id, json: event.id });
         }
-        Ok(Self { id, event })
+        Ok(Self { id, event, raw })
     }
 }
 
@@ -110,15 +116,18 @@ impl IncomingEvent {
     /// replaces whatever `device.id` the payload claimed. Returns the row and
     /// whether the payload had claimed a different id.
     pub fn into_new_event(self, device_id: &str) -> (NewEvent, bool) {
-        let IncomingEvent { id, mut event } = self;
+        let IncomingEvent { id, event, mut raw } = self;
         let spoofed = event.device.id != device_id && !event.device.id.is_empty();
-        event.device.id = device_id.to_string();
+        // `device` is an object here: AuditEvent::deserialize accepted it.
+        if let Some(serde_json::Value::Object(device)) = raw.get_mut("device") {
+            device.insert("id".into(), serde_json::Value::String(device_id.to_string()));
+        }
         let (provider, model, decision) = match &event.interaction {
             Some(i) => (Some(i.provider.clone()), i.model.clone(), Some(i.policy.decision.as_str().to_string())),
             None => (None, None, None),
         };
         let app = event.app.as_ref().and_then(|a| a.name.clone());
-        let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
+        let json = serde_json::Value::Object(raw).to_string();
         let row = NewEvent {
             id,
             time: event.time,
@@ -216,6 +225,25 @@ mod tests {
         assert_eq!(row.decision.as_deref(), Some("allow"));
         let stored: AuditEvent = serde_json::from_str(&row.json).unwrap();
         assert_eq!(stored.device.id, "cert-device");
+    }
+
+    #[test]
+    fn unknown_fields_from_newer_agents_are_kept() {
+        let e = ev();
+        let mut v = serde_json::to_value(&e).unwrap();
+        v["future_field"] = serde_json::json!({"x": 1});
+        let r = proto::AuditRecord { id: e.id.to_string(), json: serde_json::to_vec(&v).unwrap() };
+        let (row, _) = IncomingEvent::try_from(r).unwrap().into_new_event("d");
+        let stored: serde_json::Value = serde_json::from_str(&row.json).unwrap();
+        assert_eq!(stored["future_field"]["x"], 1);
+        assert_eq!(stored["device"]["id"], "d");
+    }
+
+    #[test]
+    fn non_object_json_is_rejected() {
+        let e = ev();
+        let r = proto::AuditRecord { id: e.id.to_string(), json: b"[1,2]".to_vec() };
+        assert!(matches!(IncomingEvent::try_from(r), Err(RecordProblem::BadJson(_))));
     }
 
     #[test]

@@ -522,3 +522,74 @@ async fn postgres_end_to_end_and_policy_across_two_instances() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A client certificate for `device_id`, signed by `issuer`, valid in `[from, to]`.
+fn forged_cert(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    device_id: &str,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+) -> Device {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, device_id);
+    p.subject_alt_names =
+        vec![rcgen::SanType::URI(format!("urn:palisade:device:{device_id}").try_into().unwrap())];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = from.into();
+    p.not_after = to.into();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    Device { id: device_id.into(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+#[tokio::test]
+async fn expired_and_foreign_certificates_are_refused() {
+    let srv = TestServer::start().await;
+    let dev = srv.enroll_new("hw-1").await;
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+
+    // Signed by the real CA, right device id, but expired.
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(srv.cfg.ca_key_path()).unwrap()).unwrap();
+    let real_ca = rcgen::Issuer::from_ca_cert_pem(&srv.ca_pem, ca_key).unwrap();
+    let expired = forged_cert(&real_ca, &dev.id, now - 10 * day, now - day);
+
+    // Right device id, valid dates, but from a CA the server never trusted.
+    let foreign_key = rcgen::KeyPair::generate().unwrap();
+    let mut foreign_params = rcgen::CertificateParams::default();
+    foreign_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    foreign_params.self_signed(&foreign_key).unwrap();
+    let foreign_ca = rcgen::Issuer::new(foreign_params, foreign_key);
+    let foreign = forged_cert(&foreign_ca, &dev.id, now - day, now + day);
+
+    // Signed by the real CA for the right id, valid, but not the certificate on record.
+    let other = forged_cert(&real_ca, &dev.id, now - day, now + day);
+
+    for (what, cert) in [("expired", &expired), ("foreign CA", &foreign), ("not on record", &other)] {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&srv.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+            .domain_name("localhost");
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", srv.grpc_addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap();
+        // TLS 1.3 reports a rejected client certificate on first use, not at connect.
+        let result = match endpoint.connect().await {
+            Err(e) => Err(e.to_string()),
+            Ok(ch) => proto::policy_service_client::PolicyServiceClient::new(ch)
+                .report_applied(proto::ReportAppliedRequest { version: 0 })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+        };
+        let err = result.expect_err(what);
+        if what == "not on record" {
+            assert!(err.contains("not the current one"), "{what}: {err}");
+        }
+    }
+    // The genuine certificate still works.
+    let mut c = srv.clients(&dev).await;
+    c.policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap();
+    srv.stop().await;
+}

@@ -20,10 +20,21 @@ pub struct SqliteBackend {
     pool: SqlitePool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgBackend {
     pool: PgPool,
+    /// Holds the password: never Debug-printed.
     opts: PgConnectOptions,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("host", &self.opts.get_host())
+            .field("database", &self.opts.get_database())
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
 }
 
 // === impl SqliteBackend ===
