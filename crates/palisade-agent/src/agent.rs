@@ -34,6 +34,8 @@ pub enum AgentError {
     Tls(#[from] palisade_tls::TlsError),
     #[error("spool: {0}")]
     Spool(#[from] palisade_spool::SpoolError),
+    #[error("guardrails ({path}): {message}")]
+    Guard { path: PathBuf, message: String },
     #[error("price table {path}: {message}")]
     Prices { path: PathBuf, message: String },
 }
@@ -111,7 +113,22 @@ impl Agent {
         )
         .await?;
         let recorder = Recorder::start(spool.clone());
-        let policy = PolicyHandle::new(config.initial_policy()?);
+        let gitleaks = match &config.guard_rules_file {
+            None => None,
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| AgentError::Guard {
+                path: p.clone(),
+                message: e.to_string(),
+            })?),
+        };
+        let policy =
+            PolicyHandle::new(config.initial_policy()?, gitleaks).map_err(|e| AgentError::Guard {
+                path: config
+                    .guard_rules_file
+                    .clone()
+                    .or(config.policy_file.clone())
+                    .unwrap_or_default(),
+                message: e.to_string(),
+            })?;
 
         let state = Arc::new(ProxyState {
             policy,

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     /// A LiteLLM-format price table that overrides the built-in one per model.
     pub price_table_file: Option<PathBuf>,
+    /// Extra guardrail rules in gitleaks' TOML format (`[[rules]]`).
+    pub guard_rules_file: Option<PathBuf>,
     /// `auto` (OS keyring if one works, else 0600 files) or `file`.
     pub key_store: KeyStoreChoice,
     /// Owner of the device as named by MDM.
@@ -109,6 +111,7 @@ impl Default for AgentConfig {
             leaf_cache_size: DEFAULT_LEAF_CACHE,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             price_table_file: None,
+            guard_rules_file: None,
             key_store: KeyStoreChoice::Auto,
             owner_email: None,
             server: None,
@@ -206,6 +209,7 @@ impl AgentConfig {
             ("policy_file", &self.policy_file),
             ("upstream_ca_file", &self.upstream_ca_file),
             ("price_table_file", &self.price_table_file),
+            ("guard_rules_file", &self.guard_rules_file),
         ] {
             if let Some(p) = path {
                 if !p.is_file() {

@@ -225,6 +225,9 @@ pub struct Interaction {
     pub findings: Vec<Finding>,
     pub timing: Timing,
     pub error: Option<String>,
+    /// Why guardrails did not inspect this request (e.g. `binary body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_skipped: Option<String>,
 }
 
 #[cfg(test)]

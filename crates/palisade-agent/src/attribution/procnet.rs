@@ -9,7 +9,9 @@
 use super::{canonical, user_name_for_uid, AttributionError, Attributor, ProcessInfo};
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tracing::debug;
 
 /// Default procfs mount point.
@@ -24,10 +26,20 @@ pub(crate) struct SocketEntry {
     pub inode: u64,
 }
 
+/// How many recently matched pids are checked before a full scan.
+const RECENT_PIDS: usize = 16;
+
 /// Attributes sockets by reading a procfs tree (by default `/proc`).
-#[derive(Debug, Clone)]
+///
+/// Cost: two socket-table reads, then a scan of `/proc/<pid>/fd`. The pids
+/// that held recent connections are checked first (coding agents open many
+/// connections from one process), then processes owned by the socket's uid,
+/// then the rest. Lookups do blocking file I/O: call them off the async
+/// executor (`spawn_blocking`).
+#[derive(Debug)]
 pub struct ProcNetAttributor {
     root: PathBuf,
+    recent: Mutex<VecDeque<u32>>,
 }
 
 impl Default for ProcNetAttributor {
@@ -43,7 +55,19 @@ impl ProcNetAttributor {
 
     /// Read procfs from `root` instead of `/proc` (fixtures, containers).
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), recent: Mutex::new(VecDeque::with_capacity(RECENT_PIDS)) }
+    }
+
+    fn recent_pids(&self) -> Vec<u32> {
+        self.recent.lock().map(|r| r.iter().copied().collect()).unwrap_or_default()
+    }
+
+    fn remember(&self, pid: u32) {
+        if let Ok(mut r) = self.recent.lock() {
+            r.retain(|p| *p != pid);
+            r.push_front(pid);
+            r.truncate(RECENT_PIDS);
+        }
     }
 
     /// The socket whose local end is `peer` and remote end is `local`.
@@ -75,10 +99,16 @@ impl ProcNetAttributor {
         Err(AttributionError::SocketNotFound { peer, local })
     }
 
-    /// The pid holding `socket:[inode]`. Processes owned by `uid` are scanned
-    /// first, since a socket's uid is usually its creator's.
+    /// The pid holding `socket:[inode]`: recently matched pids first, then
+    /// processes owned by `uid` (a socket's uid is usually its creator's),
+    /// then everyone else.
     fn find_owner(&self, inode: u64, uid: u32) -> Option<u32> {
         let target = format!("socket:[{inode}]");
+        let recent = self.recent_pids();
+        if let Some(pid) = recent.iter().copied().find(|pid| self.holds(*pid, &target)) {
+            self.remember(pid);
+            return Some(pid);
+        }
         let dir = std::fs::read_dir(&self.root).ok()?;
         let mut pids: Vec<(bool, u32)> = dir
             .filter_map(Result::ok)
@@ -86,9 +116,12 @@ impl ProcNetAttributor {
                 let pid: u32 = e.file_name().to_str()?.parse().ok()?;
                 Some((owner_uid(&e.path()) != Some(uid), pid))
             })
+            .filter(|(_, pid)| !recent.contains(pid))
             .collect();
         pids.sort_unstable();
-        pids.into_iter().map(|(_, pid)| pid).find(|pid| self.holds(*pid, &target))
+        let pid = pids.into_iter().map(|(_, pid)| pid).find(|pid| self.holds(*pid, &target))?;
+        self.remember(pid);
+        Some(pid)
     }
 
     fn holds(&self, pid: u32, target: &str) -> bool {

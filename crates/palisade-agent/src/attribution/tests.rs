@@ -131,6 +131,24 @@ fn finds_the_process_holding_the_client_socket_in_a_fixture() {
 
 #[cfg(all(unix, target_endian = "little"))]
 #[test]
+fn a_recently_matched_pid_that_no_longer_holds_the_socket_is_not_reported() {
+    let fake = FakeProc::new(TCP_FIXTURE, None);
+    fake.process(20, "curl", "/usr/bin/curl", &["socket:[5555]"]);
+    fake.process(21, "other", "/usr/bin/other", &[]);
+    let a = fake.attributor();
+    assert_eq!(a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap().pid, 20);
+    // The socket moves to another process (fd passing, or pid 20 exited and
+    // the inode now belongs to 21): the cached pid must be re-checked.
+    std::fs::remove_file(fake.dir.path().join("20/fd/0")).unwrap();
+    std::os::unix::fs::symlink("socket:[5555]", fake.dir.path().join("21/fd/0")).unwrap();
+    assert_eq!(a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap().pid, 21);
+    std::fs::remove_file(fake.dir.path().join("21/fd/0")).unwrap();
+    let e = a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap_err();
+    assert!(matches!(e, AttributionError::OwnerNotFound { inode: 5555, .. }), "{e}");
+}
+
+#[cfg(all(unix, target_endian = "little"))]
+#[test]
 fn lookup_failures_say_why() {
     let fake = FakeProc::new(TCP_FIXTURE, None);
     fake.process(10, "proxy", "/usr/bin/palisade-agent", &["socket:[6666]"]);
@@ -229,4 +247,39 @@ fn attributes_ipv4_clients_of_a_dual_stack_listener() {
     if TcpStream::connect(TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap()).is_ok() {
         assert_attributes_self("[::1]:0", "::1");
     }
+}
+
+/// Not a test: prints what a lookup costs here. Run with
+/// `cargo test -p palisade-agent --lib attribution::tests::measure -- --ignored --nocapture`.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "measurement, prints timings"]
+fn measure_lookup_cost() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let attributor = ProcNetAttributor::new();
+    let procs = std::fs::read_dir("/proc").unwrap().filter(|e| {
+        e.as_ref().is_ok_and(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+    }).count();
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..200 {
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let local = server_side.local_addr().unwrap();
+        let fresh = ProcNetAttributor::new();
+        let t = std::time::Instant::now();
+        fresh.lookup(peer, local).unwrap();
+        cold.push(t.elapsed());
+        let t = std::time::Instant::now();
+        attributor.lookup(peer, local).unwrap();
+        if i > 0 {
+            warm.push(t.elapsed());
+        }
+    }
+    cold.sort();
+    warm.sort();
+    println!(
+        "processes={procs} cold p50={:?} p99={:?} warm p50={:?} p99={:?}",
+        cold[cold.len() / 2], cold[cold.len() * 99 / 100], warm[warm.len() / 2], warm[warm.len() * 99 / 100]
+    );
 }

@@ -9,7 +9,7 @@
 
 use crate::attribution::Attributor;
 use crate::proxy::upstream::{BoxError, ProxyBody};
-use crate::proxy::{ClientConn, ProxyState};
+use crate::proxy::{ActivePolicy, ClientConn, ProxyState};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body::{Body, Frame, SizeHint};
@@ -117,8 +117,10 @@ pub struct Exchange {
     pub req_tail_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub req_truncated: bool,
     pub policy: PolicyRef,
-    pub capture: CaptureMode,
+    /// The policy in force when the request arrived (capture mode, guard).
+    pub active: Arc<ActivePolicy>,
     pub findings: Vec<Finding>,
+    pub guard_skipped: Option<String>,
     pub status: Option<u16>,
     pub ttfb_ms: Option<u64>,
     pub error: Option<String>,
@@ -414,10 +416,23 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
             )
         });
 
-    let (prompt, text) = match ex.capture {
+    // Responses are scanned as they were received; findings only.
+    let mut findings = ex.findings.clone();
+    if let Some(text) = &presp.text {
+        let (f, _) = ex.active.guard.inspect_response_text(text);
+        findings.extend(f);
+    }
+    // A matched value never reaches a record: captured text is always masked
+    // with the same placeholders the request would get.
+    let (prompt, text) = match ex.active.capture {
         CaptureMode::Metadata => (None, None),
-        // Redaction of captured text is applied by the guard before this point.
-        CaptureMode::Full | CaptureMode::Redacted => (preq.prompt.clone(), presp.text.clone()),
+        CaptureMode::Full | CaptureMode::Redacted => {
+            let mut r = palisade_guard::Redactor::new();
+            let mut mask = |t: &Option<String>| {
+                t.as_ref().map(|t| ex.active.guard.redact(t, &mut r).0)
+            };
+            (mask(&preq.prompt), mask(&presp.text))
+        }
     };
 
     let interaction = Interaction {
@@ -449,7 +464,7 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
         usage: presp.usage.clone(),
         cost_usd,
         policy: ex.policy.clone(),
-        findings: ex.findings.clone(),
+        findings,
         timing: Timing {
             duration_ms: ex.started.elapsed().as_millis() as u64,
             ttfb_ms: ex.ttfb_ms,
@@ -459,6 +474,7 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
         } else {
             Some(errors.join("; "))
         },
+        guard_skipped: ex.guard_skipped.clone(),
     };
     let mut ev = AuditEvent::new(
         EventKind::Interaction,

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use palisade_core::{PolicyRef, RecordDecision};
+use palisade_guard::VerdictAction;
 use palisade_providers::{classify, ApiFormat};
 use std::sync::Arc;
 use std::time::Instant;
@@ -200,8 +201,9 @@ async fn forward(
             rule: None,
             version: policy.version,
         },
-        capture: policy.capture,
+        active: policy.clone(),
         findings: Vec::new(),
+        guard_skipped: None,
         status: None,
         ttfb_ms: None,
         error: None,
@@ -224,6 +226,26 @@ async fn forward(
     ex.req_bytes = captured.len() as u64;
     ex.req_truncated = rest.is_some();
     ex.req_body = captured.clone();
+
+    // Guardrails see the whole body before a byte of it leaves.
+    let mut captured = captured;
+    if rest.is_some() {
+        ex.guard_skipped = Some(format!(
+            "body larger than the capture cap ({} bytes) is not inspected",
+            state.capture_max_bytes
+        ));
+    } else if !captured.is_empty() {
+        match guard_request(&mut ex, &mut parts.headers, &captured) {
+            GuardOutcome::Send => {}
+            GuardOutcome::Replace(body) => captured = body,
+            GuardOutcome::Refuse(msg) => {
+                ex.status = Some(StatusCode::FORBIDDEN.as_u16());
+                let format = ex.ep.format;
+                ex.finish_without_body(None);
+                return provider_error(format, StatusCode::FORBIDDEN, &msg);
+            }
+        }
+    }
 
     let uri = format!(
         "{scheme}://{}{}{}",
@@ -288,6 +310,59 @@ async fn forward(
         header_str(&parts.headers, header::CONTENT_ENCODING).as_deref(),
     );
     Response::from_parts(parts, RecordingBody::new(body, tap).into())
+}
+
+enum GuardOutcome {
+    Send,
+    Replace(Bytes),
+    Refuse(String),
+}
+
+/// Apply the guard's verdict to a fully captured request body.
+fn guard_request(ex: &mut Exchange, headers: &mut HeaderMap, body: &Bytes) -> GuardOutcome {
+    let decoded;
+    let plain: &[u8] = match ex.req_encoding.as_deref() {
+        None => body,
+        Some(enc) => {
+            match palisade_providers::BodyDecoder::new(Some(enc)).and_then(|mut d| {
+                let mut v = d.feed(body)?;
+                v.extend(d.finish()?);
+                Ok(v)
+            }) {
+                Ok(v) => {
+                    decoded = v;
+                    &decoded
+                }
+                Err(e) => {
+                    ex.guard_skipped = Some(format!("cannot decode {enc} body: {e}"));
+                    return GuardOutcome::Send;
+                }
+            }
+        }
+    };
+    let verdict = ex.active.guard.inspect_request(ex.ep.name, plain);
+    ex.findings = verdict.findings.clone();
+    ex.guard_skipped = verdict.skipped.clone();
+    if let Some(e) = &verdict.error {
+        ex.error = Some(e.clone());
+    }
+    ex.policy.decision = verdict.decision();
+    ex.policy.rule = verdict.rule().map(str::to_string);
+    match verdict.action {
+        VerdictAction::Allow => GuardOutcome::Send,
+        VerdictAction::Block { rule } => GuardOutcome::Refuse(format!(
+            "Blocked by Palisade: this request contains data that the policy rule '{rule}' does not allow to leave this device. Remove it and try again."
+        )),
+        VerdictAction::Redact { body } => {
+            // The rewritten body goes out uncompressed with its own length.
+            headers.remove(header::CONTENT_ENCODING);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            let body = Bytes::from(body);
+            ex.req_encoding = None;
+            ex.req_body = body.clone();
+            GuardOutcome::Replace(body)
+        }
+    }
 }
 
 struct ReadError {
@@ -493,8 +568,9 @@ fn record_failure(state: &Arc<ProxyState>, conn: &Arc<ClientConn>, host: &str, p
             rule: None,
             version: policy.version,
         },
-        capture: policy.capture,
+        active: policy.clone(),
         findings: Vec::new(),
+        guard_skipped: None,
         status: None,
         ttfb_ms: None,
         error: Some(msg),

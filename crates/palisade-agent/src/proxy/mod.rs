@@ -35,20 +35,56 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use upstream::{BoxError, Dialer, ProxyBody, UpstreamClient};
 
+/// A policy together with its compiled guardrails.
+pub struct ActivePolicy {
+    pub policy: Policy,
+    pub guard: palisade_guard::Guard,
+}
+
+impl std::ops::Deref for ActivePolicy {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        &self.policy
+    }
+}
+
 /// The policy currently in force, swapped atomically when a new one arrives.
+/// A policy whose guardrails do not compile is refused and the old one stays.
 #[derive(Clone)]
-pub struct PolicyHandle(Arc<RwLock<Arc<Policy>>>);
+pub struct PolicyHandle {
+    active: Arc<RwLock<Arc<ActivePolicy>>>,
+    /// A user's gitleaks-format rule file, compiled into every policy's guard.
+    gitleaks_toml: Option<Arc<str>>,
+}
 
 impl PolicyHandle {
-    pub fn new(p: Policy) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(p))))
+    pub fn new(p: Policy, gitleaks_toml: Option<String>) -> Result<Self, palisade_guard::GuardError> {
+        let gitleaks_toml: Option<Arc<str>> = gitleaks_toml.map(Into::into);
+        let active = compile(p, gitleaks_toml.as_deref())?;
+        Ok(Self {
+            active: Arc::new(RwLock::new(Arc::new(active))),
+            gitleaks_toml,
+        })
     }
-    pub fn current(&self) -> Arc<Policy> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+
+    pub fn current(&self) -> Arc<ActivePolicy> {
+        self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    pub fn set(&self, p: Policy) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+
+    /// Install `p`; on error the current policy stays in force.
+    pub fn set(&self, p: Policy) -> Result<(), palisade_guard::GuardError> {
+        let active = compile(p, self.gitleaks_toml.as_deref())?;
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
+        Ok(())
     }
+}
+
+fn compile(policy: Policy, gitleaks: Option<&str>) -> Result<ActivePolicy, palisade_guard::GuardError> {
+    let guard = match gitleaks {
+        Some(t) => palisade_guard::Guard::with_gitleaks_toml(&policy.guardrails, t)?,
+        None => palisade_guard::Guard::new(&policy.guardrails)?,
+    };
+    Ok(ActivePolicy { policy, guard })
 }
 
 /// Counters exposed for tests, `palisade status` and benchmarks.

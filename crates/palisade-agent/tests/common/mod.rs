@@ -38,6 +38,8 @@ pub struct Options {
     pub capture_max_bytes: usize,
     pub client_idle_timeout_ms: u64,
     pub self_signed_upstream: bool,
+    /// A policy document (JSON) for the agent's local policy file.
+    pub policy_json: Option<String>,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             capture_max_bytes: palisade_agent::config::DEFAULT_CAPTURE_MAX_BYTES,
             client_idle_timeout_ms: 10_000,
             self_signed_upstream: false,
+            policy_json: None,
         }
     }
 }
@@ -77,6 +80,11 @@ impl Harness {
         for n in AI_NAMES {
             cfg.host_overrides
                 .insert(n.to_string(), fake.addr.to_string());
+        }
+        if let Some(p) = &opts.policy_json {
+            let f = dir.path().join("policy.json");
+            std::fs::write(&f, p).unwrap();
+            cfg.policy_file = Some(f);
         }
         cfg.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
