@@ -22,6 +22,7 @@ pub const DEFAULT_SLOW_DOWN_MS: u32 = 1000;
 pub const DEFAULT_POLICY_POLL_MS: u64 = 1000;
 pub const DEFAULT_DEVICE_CERT_DAYS: u32 = 365;
 pub const DEFAULT_EVENTS_PAGE_LIMIT: u32 = 1000;
+pub const DEFAULT_STREAM_RECHECK_MS: u64 = 30_000;
 
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,6 +83,9 @@ pub struct Limits {
     pub policy_poll_ms: u64,
     /// Default and maximum page size for `GET /api/v1/events`.
     pub events_page_limit: u32,
+    /// How often an open policy stream re-checks that its device is still
+    /// enrolled and unrevoked (upload streams check on every batch).
+    pub stream_recheck_ms: u64,
 }
 
 // === impl ServerConfig ===
@@ -175,6 +179,9 @@ impl ServerConfig {
         }
         if l.policy_poll_ms < 50 {
             p.push("limits.policy_poll_ms: must be at least 50".into());
+        }
+        if l.stream_recheck_ms < 50 {
+            p.push("limits.stream_recheck_ms: must be at least 50".into());
         }
         if l.events_page_limit == 0 {
             p.push("limits.events_page_limit: must be at least 1".into());
@@ -276,6 +283,7 @@ impl Default for Limits {
             slow_down_ms: DEFAULT_SLOW_DOWN_MS,
             policy_poll_ms: DEFAULT_POLICY_POLL_MS,
             events_page_limit: DEFAULT_EVENTS_PAGE_LIMIT,
+            stream_recheck_ms: DEFAULT_STREAM_RECHECK_MS,
         }
     }
 }

@@ -131,6 +131,19 @@ async fn revocation_stops_an_open_upload_stream_at_the_next_batch() {
 }
 
 #[tokio::test]
+async fn revocation_ends_an_open_policy_stream() {
+    let srv = TestServer::start_with(|c| c.limits.stream_recheck_ms = 100).await;
+    let dev = srv.enroll_new("hw-1").await;
+    let mut c = srv.clients(&dev).await;
+    let mut watch = c.policy.watch_policy(proto::WatchPolicyRequest::default()).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().version, 0);
+    srv.admin(Method::POST, &format!("/api/v1/devices/{}/revoke", dev.id), None).await;
+    let e = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_expire_and_run_out() {
     let srv = TestServer::start().await;
     let single = srv.new_token(1, 3600).await;
