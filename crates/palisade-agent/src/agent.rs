@@ -7,6 +7,7 @@
 use crate::config::{AgentConfig, ConfigError, KeyStoreChoice};
 use crate::proxy::{self, PolicyHandle, ProxyState, ProxyStats};
 use crate::recorder::Recorder;
+use crate::sync::{SyncClient, SyncHandle, SyncInputs, SyncOptions};
 use palisade_core::DeviceRef;
 use palisade_providers::PriceTable;
 use palisade_spool::{Spool, SpoolOptions};
@@ -47,6 +48,9 @@ pub struct Agent {
     pub spool: Spool,
     pub addr: SocketAddr,
     pub config: AgentConfig,
+    /// The control-plane sync client's handle, when `server` is configured.
+    pub sync: Option<SyncHandle>,
+    sync_client: Option<SyncClient>,
     listener: Option<TcpListener>,
 }
 
@@ -60,7 +64,7 @@ impl Agent {
         let data_dir = config.data_dir.clone();
         prepare_dir(&data_dir)?;
 
-        let store = match config.key_store {
+        let store = Arc::new(match config.key_store {
             KeyStoreChoice::File => KeyStore::open_file(&data_dir.join("keys"))?,
             KeyStoreChoice::Auto => {
                 let dir = data_dir.join("keys");
@@ -68,8 +72,13 @@ impl Agent {
                     .await
                     .expect("key store probe panicked")
             }
+        });
+        // Once enrolled, records carry the server-assigned id (sync module docs).
+        let enrolled_id = crate::sync::identity::stored_device_id(&data_dir);
+        let device_id = match &enrolled_id {
+            Some(id) => id.clone(),
+            None => device_id(&data_dir)?,
         };
-        let device_id = device_id(&data_dir)?;
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let ca = Arc::new(DeviceCa::load_or_create(
             &store,
@@ -120,26 +129,48 @@ impl Agent {
                 message: e.to_string(),
             })?),
         };
-        let policy =
-            PolicyHandle::new(config.initial_policy()?, gitleaks).map_err(|e| AgentError::Guard {
+        // Precedence: the cached server policy once enrolled, else the local
+        // policy file, else the built-in default.
+        let cached = match (&config.server, &enrolled_id) {
+            (Some(_), Some(_)) => crate::sync::policy::load_cached(&data_dir),
+            _ => None,
+        };
+        let cached = cached.and_then(|p| {
+            let version = p.version;
+            match PolicyHandle::new(p, gitleaks.clone()) {
+                Ok(h) => {
+                    info!(version, "Enforcing the cached server policy");
+                    Some(h)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, version, "Cached server policy does not compile; using the local policy");
+                    None
+                }
+            }
+        });
+        let policy = match cached {
+            Some(h) => h,
+            None => PolicyHandle::new(config.initial_policy()?, gitleaks).map_err(|e| AgentError::Guard {
                 path: config
                     .guard_rules_file
                     .clone()
                     .or(config.policy_file.clone())
                     .unwrap_or_default(),
                 message: e.to_string(),
-            })?;
+            })?,
+        };
 
         let state = Arc::new(ProxyState {
-            policy,
+            policy: policy.clone(),
             leaves,
             mitm_config,
             upstream_tls,
             client,
             dialer,
             prices: Arc::new(prices),
-            recorder,
+            recorder: recorder.clone(),
             attributor: crate::attribution::platform_attributor(),
+            catalog: Arc::new(palisade_discovery::Catalog::builtin()),
             device: DeviceRef {
                 id: device_id,
                 hostname,
@@ -151,22 +182,58 @@ impl Agent {
             stats: ProxyStats::default(),
             public_addr: addr,
         });
+        let (sync_client, sync) = match &config.server {
+            None => (None, None),
+            Some(link) => {
+                let (client, handle) = SyncClient::new(
+                    SyncInputs {
+                        link: link.clone(),
+                        data_dir: data_dir.clone(),
+                        keys: store.clone(),
+                        spool: spool.clone(),
+                        recorder,
+                        policy,
+                        device: state.device.clone(),
+                        owner_email: config.owner_email.clone(),
+                    },
+                    SyncOptions::default(),
+                );
+                (Some(client), Some(handle))
+            }
+        };
         Ok(Agent {
             state,
             ca,
             spool,
             addr,
             config,
+            sync,
+            sync_client,
             listener: Some(listener),
         })
+    }
+
+    /// Replace the sync client's tuning (before [`Agent::run`]; tests use
+    /// short backoffs). No effect without a configured server.
+    pub fn set_sync_options(&mut self, opts: SyncOptions) {
+        if let Some(c) = &mut self.sync_client {
+            c.set_options(opts);
+        }
     }
 
     /// Serve until `shutdown`, then flush the recorder.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let listener = self.listener.take().expect("run called once");
+        let (stop_sync, stop_rx) = tokio::sync::watch::channel(false);
+        let sync_task = self.sync_client.take().map(|c| tokio::spawn(c.run(stop_rx)));
         info!(addr = %self.addr, "Proxy listening");
         proxy::serve(listener, self.state.clone(), shutdown).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.recorder.flush()).await;
+        // Whatever was not uploaded stays in the spool for the next start.
+        let _ = stop_sync.send(true);
+        if let Some(task) = sync_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
     }
 }
 
