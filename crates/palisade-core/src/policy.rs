@@ -72,6 +72,13 @@ impl ItemPolicy {
             .unwrap_or(Decision::Pending)
     }
 
+    /// Whether any item could be refused (a deny rule, or pending means block).
+    /// When false, enforcement needs no identity lookup at all.
+    pub fn can_refuse(&self) -> bool {
+        self.pending_mode == PendingMode::Block
+            || self.rules.iter().any(|r| r.decision == Decision::Deny)
+    }
+
     /// Whether `id` may be used now, folding pending through the pending mode.
     pub fn allows(&self, id: &str) -> bool {
         match self.decision(id) {

@@ -77,6 +77,10 @@ pub struct UserRef {
 /// platform cannot attribute the socket; `unknown_reason` then says why.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppRef {
+    /// App catalog id (`cursor`, `claude-code`), or `exe:<name>` for an app
+    /// the catalog does not know. Policy decisions are keyed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub name: Option<String>,
     pub exe: Option<String>,
     pub pid: Option<u32>,

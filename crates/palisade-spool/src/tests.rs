@@ -18,7 +18,7 @@ fn user() -> UserRef {
 
 fn interaction(provider: &str, model: &str, app: &str, decision: RecordDecision, prompt: &str) -> AuditEvent {
     let mut ev = AuditEvent::new(EventKind::Interaction, device(), user());
-    ev.app = Some(AppRef { name: Some(app.into()), exe: Some(format!("/usr/bin/{app}")), pid: Some(42), unknown_reason: None });
+    ev.app = Some(AppRef { name: Some(app.into()), exe: Some(format!("/usr/bin/{app}")), pid: Some(42), ..Default::default() });
     ev.interaction = Some(Interaction {
         provider: provider.into(),
         host: format!("api.{provider}.com"),

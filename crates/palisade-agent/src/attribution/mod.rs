@@ -8,6 +8,8 @@
 //! signal, trace or otherwise touch the processes it looks at.
 
 mod procnet;
+#[cfg(target_os = "linux")]
+mod sockdiag;
 mod unsupported;
 mod users;
 
@@ -81,9 +83,9 @@ pub fn app_ref(result: &Result<ProcessInfo, AttributionError>) -> AppRef {
             name: Some(p.name.clone()),
             exe: p.exe.as_ref().map(|e| e.display().to_string()),
             pid: Some(p.pid),
-            unknown_reason: None,
+            ..Default::default()
         },
-        Err(e) => AppRef { name: None, exe: None, pid: None, unknown_reason: Some(e.to_string()) },
+        Err(e) => AppRef { unknown_reason: Some(e.to_string()), ..Default::default() },
     }
 }
 

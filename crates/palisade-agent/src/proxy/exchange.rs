@@ -26,19 +26,27 @@ use std::time::Instant;
 use tokio::sync::OnceCell;
 
 /// Attribution of one client connection, looked up once, lazily, off the
-/// async threads.
+/// async threads, and mapped to an app catalog id.
+#[derive(Clone)]
 pub struct AppLookup {
     cell: Arc<OnceCell<(AppRef, Option<String>)>>,
     attributor: Arc<dyn Attributor>,
+    catalog: Arc<palisade_discovery::Catalog>,
     peer: SocketAddr,
     local: SocketAddr,
 }
 
 impl AppLookup {
-    pub fn new(attributor: Arc<dyn Attributor>, peer: SocketAddr, local: SocketAddr) -> Self {
+    pub fn new(
+        attributor: Arc<dyn Attributor>,
+        catalog: Arc<palisade_discovery::Catalog>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
         Self {
             cell: Arc::new(OnceCell::new()),
             attributor,
+            catalog,
             peer,
             local,
         }
@@ -46,19 +54,10 @@ impl AppLookup {
 
     /// Start the lookup now, while the TLS handshake runs.
     pub fn start(&self) {
-        let this = self.clone_inner();
+        let this = self.clone();
         tokio::spawn(async move {
             this.get().await;
         });
-    }
-
-    fn clone_inner(&self) -> AppLookup {
-        AppLookup {
-            cell: self.cell.clone(),
-            attributor: self.attributor.clone(),
-            peer: self.peer,
-            local: self.local,
-        }
     }
 
     /// The app and OS user behind the connection.
@@ -69,15 +68,25 @@ impl AppLookup {
                 let (peer, local) = (self.peer, self.local);
                 let r = tokio::task::spawn_blocking(move || attributor.lookup(peer, local)).await;
                 match r {
-                    Ok(Ok(p)) => (
-                        AppRef {
-                            name: Some(p.name),
-                            exe: p.exe.map(|e| e.display().to_string()),
-                            pid: Some(p.pid),
-                            unknown_reason: None,
-                        },
-                        p.user,
-                    ),
+                    Ok(Ok(p)) => {
+                        let exe = p.exe.clone().unwrap_or_default();
+                        let sighting = self.catalog.sighting_for_traffic(
+                            &exe,
+                            &p.name,
+                            Some(p.pid),
+                            palisade_discovery::apps::current_os(),
+                        );
+                        (
+                            AppRef {
+                                id: Some(sighting.app_id),
+                                name: Some(p.name),
+                                exe: p.exe.map(|e| e.display().to_string()),
+                                pid: Some(p.pid),
+                                unknown_reason: None,
+                            },
+                            p.user,
+                        )
+                    }
                     Ok(Err(e)) => (
                         AppRef {
                             unknown_reason: Some(e.to_string()),

@@ -209,6 +209,27 @@ async fn forward(
         error: None,
     };
 
+    // A denied (or, when pending means block, unapproved) app is refused
+    // before a byte of its request leaves.
+    if policy.apps.can_refuse() {
+        let (app, _) = conn.app.get().await;
+        let id = app.id.clone().unwrap_or_else(|| "unknown".into());
+        if !policy.apps.allows(&id) {
+            let decision = policy.apps.decision(&id);
+            let msg = format!(
+                "Blocked by Palisade: the app '{}' is not approved for AI use by your organisation's policy (decision: {}). Ask your administrator to approve it.",
+                app.name.as_deref().unwrap_or(&id),
+                serde_json::to_value(decision).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            );
+            ex.policy.decision = RecordDecision::Block;
+            ex.policy.rule = Some(format!("app:{id}"));
+            ex.status = Some(StatusCode::FORBIDDEN.as_u16());
+            let format = ex.ep.format;
+            ex.finish_without_body(None);
+            return provider_error(format, StatusCode::FORBIDDEN, &msg);
+        }
+    }
+
     if is_upgrade(&parts.headers) {
         return websocket(parts, body, target, ex).await;
     }

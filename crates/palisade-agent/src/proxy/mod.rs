@@ -107,6 +107,8 @@ pub struct ProxyState {
     pub prices: Arc<PriceTable>,
     pub recorder: Recorder,
     pub attributor: Arc<dyn Attributor>,
+    /// AI app catalog: maps a process to the app id policy decisions name.
+    pub catalog: Arc<palisade_discovery::Catalog>,
     pub device: DeviceRef,
     pub owner_email: Option<String>,
     pub capture_max_bytes: usize,
@@ -158,7 +160,7 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState
     let conn = Arc::new(ClientConn {
         peer,
         local,
-        app: exchange::AppLookup::new(state.attributor.clone(), peer, local),
+        app: exchange::AppLookup::new(state.attributor.clone(), state.catalog.clone(), peer, local),
     });
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
