@@ -37,9 +37,11 @@ pub(crate) fn like_escape(s: &str) -> String {
     out
 }
 
-/// `SELECT seq, id, body ...` for `f`, ordered oldest first.
+/// `SELECT seq, id, body ...` for `f`, ordered oldest first. The filter and
+/// the limit pick row numbers first so bodies are read only for the rows
+/// returned, never sorted.
 pub(crate) fn build_query(f: &EventFilter) -> QueryBuilder<'static, Sqlite> {
-    let mut qb = QueryBuilder::new("SELECT seq, id, body FROM (SELECT seq, id, time_us, body FROM events WHERE 1 = 1");
+    let mut qb = QueryBuilder::new("SELECT seq, id, body FROM events WHERE seq IN (SELECT seq FROM events WHERE 1 = 1");
     if let Some(kind) = &f.kind {
         qb.push(" AND kind = ").push_bind(kind.clone());
     }
@@ -66,9 +68,8 @@ pub(crate) fn build_query(f: &EventFilter) -> QueryBuilder<'static, Sqlite> {
             .push_bind(pattern)
             .push(" ESCAPE '\\')");
     }
-    qb.push(" ORDER BY time_us DESC, seq DESC");
     if let Some(limit) = f.limit {
-        qb.push(" LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        qb.push(" ORDER BY time_us DESC, seq DESC LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     }
     qb.push(") ORDER BY time_us ASC, seq ASC");
     qb

@@ -26,10 +26,10 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_time     ON events (time_us);
     CREATE INDEX events_kind     ON events (kind, time_us);
-    CREATE INDEX events_provider ON events (provider COLLATE NOCASE);
-    CREATE INDEX events_model    ON events (model COLLATE NOCASE);
-    CREATE INDEX events_app      ON events (app COLLATE NOCASE);
-    CREATE INDEX events_decision ON events (decision);
+    CREATE INDEX events_provider ON events (provider COLLATE NOCASE, time_us);
+    CREATE INDEX events_model    ON events (model COLLATE NOCASE, time_us);
+    CREATE INDEX events_app      ON events (app COLLATE NOCASE, time_us);
+    CREATE INDEX events_decision ON events (decision, time_us);
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value INTEGER NOT NULL
