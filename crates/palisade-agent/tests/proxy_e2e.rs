@@ -518,3 +518,80 @@ async fn records_survive_in_the_spool_for_the_cli() {
     assert!(all.iter().all(|e| interaction(e).usage.input_tokens.is_some()));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn sse_with_garbage_lines_is_forwarded_byte_for_byte_and_parsed_around() {
+    let mut h = Harness::start().await;
+    let c = h.client(true);
+    let req = || {
+        c.post("https://api.openai.com/v1/chat/completions")
+            .header("x-fake-garbage", "1")
+            .json(&chat_body(true))
+    };
+    let through_proxy = req().send().await.unwrap().bytes().await.unwrap();
+    // The same stream straight from the fake, for a byte comparison.
+    let direct = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(h.test_ca.cert_pem().as_bytes()).unwrap())
+        .resolve("api.openai.com", h.fake.addr)
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(format!("https://api.openai.com:{}/v1/chat/completions", h.fake.addr.port()))
+        .header("x-fake-garbage", "1")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(through_proxy == direct, "the proxy altered a stream with garbage in it");
+    assert!(String::from_utf8_lossy(&through_proxy).contains("this is not SSE"));
+    let ev = h.next_event().await;
+    let i = interaction(&ev);
+    assert!(i.response.text.as_deref().map(|t| !t.is_empty()).unwrap_or(false));
+    assert!(i.usage.output_tokens.is_some(), "usage still parsed");
+    assert!(i.error.as_deref().unwrap().contains("unparseable"), "{:?}", i.error);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_forward_proxying_records_ai_hosts_and_passes_others() {
+    // 127.0.0.1 is an "AI host" here; localhost is not.
+    let policy = json!({"ai_hosts": [{"host": "127.0.0.1", "provider": "openai"}]}).to_string();
+    let mut h = Harness::with(Options { policy_json: Some(policy), ..Default::default() }).await;
+    let plain = palisade_test_support::FakeProvider::start_plain().await;
+    let c = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{}", h.addr)).unwrap())
+        .build()
+        .unwrap();
+    let port = plain.addr.port();
+    let r = c
+        .post(format!("http://localhost:{port}/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await.unwrap();
+    h.state.recorder.flush().await;
+    assert_eq!(h.state.recorder.written(), 0, "non-AI traffic is forwarded, not recorded");
+
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await.unwrap();
+    assert_eq!(plain.requests().len(), 2);
+    assert_eq!(h.state.stats.forwarded_plain.load(Ordering::Relaxed), 2);
+    let ev = h.next_event().await;
+    let i = interaction(&ev);
+    assert_eq!(i.endpoint, "chat.completions");
+    assert!(i.usage.output_tokens.is_some());
+    h.stop().await;
+}

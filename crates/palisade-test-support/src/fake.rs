@@ -10,6 +10,7 @@
 //! - `x-fake-status: N`: answer N with an error body in the provider's format;
 //! - `x-fake-body-bytes: N`: a non-streaming body of exactly N bytes (when N
 //!   is at least the size of the normal body);
+//! - `x-fake-garbage: 1`: interleave garbage lines (not SSE, broken JSON) in a stream;
 //! - any GET with `Upgrade: websocket`: 101, then raw byte echo.
 //!
 //! Unknown paths get a 404 JSON error. Test-only: it never listens beyond
@@ -225,6 +226,7 @@ struct Controls {
     encoding: Option<String>,
     status: Option<u16>,
     body_bytes: Option<usize>,
+    garbage: bool,
 }
 
 impl Controls {
@@ -241,6 +243,7 @@ impl Controls {
             encoding,
             status: num("x-fake-status").and_then(|s| u16::try_from(s).ok()),
             body_bytes: num("x-fake-body-bytes").map(|n| n as usize),
+            garbage: get("x-fake-garbage").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -295,7 +298,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
     };
     if streaming && controls.body_bytes.is_none() {
         let include_usage = req_json.pointer("/stream_options/include_usage").and_then(|b| b.as_bool()) == Some(true);
-        let chunks = canned::stream_chunks(&route, &model, include_usage);
+        let mut chunks = canned::stream_chunks(&route, &model, include_usage);
+        if controls.garbage {
+            chunks = chunks
+                .into_iter()
+                .flat_map(|c| [b"this is not SSE at all\n\n".to_vec(), b"data: {\"broken json\n\n".to_vec(), c])
+                .collect();
+        }
         let content_type = match &route {
             Route::Gemini { sse: false, .. } => "application/json; charset=UTF-8",
             _ => "text/event-stream; charset=utf-8",
