@@ -150,6 +150,7 @@ pub(crate) fn load(cfg: &Guardrails, text: &str, taken_ids: &[&str]) -> Result<L
             secret_group,
             entropy: r.entropy.filter(|e| *e > 0.0),
             check: None,
+            gate: rules::Gate::Full,
             allowlists,
             action: rules::action_for(cfg, &r.id),
             rank: RANK_GITLEAKS,

@@ -82,11 +82,27 @@ pub(crate) struct Rule {
     pub secret_group: usize,
     pub entropy: Option<f64>,
     pub check: Option<Check>,
+    /// Where the regex runs.
+    pub gate: Gate,
     pub allowlists: Vec<Allowlist>,
     pub action: GuardAction,
     /// Specificity: where a match contains another of lower rank with no
     /// stronger action, the inner one is dropped.
     pub rank: u8,
+}
+
+/// Where a rule's regex runs: the whole text (after the keyword prefilter),
+/// anchored at keyword hits, or only in candidate windows.
+#[derive(Clone)]
+pub(crate) enum Gate {
+    Full,
+    /// Every match starts with one of the rule's keywords: run this anchored
+    /// (`^(?:...)`) regex at each keyword hit instead of scanning the text.
+    AtKeyword(Regex),
+    /// Only around digit runs with at least this many digits and dots.
+    Digits { min_digits: u32, min_dots: u32 },
+    /// Only around hex runs with two or more colons (IPv6 candidates).
+    HexColons,
 }
 
 /// Placeholder stem for a rule id: upper-case ASCII letters, digits, `_`.
@@ -110,7 +126,17 @@ struct Builtin {
     group: usize,
     entropy: Option<f64>,
     check: Option<Check>,
+    gate: BGate,
     rank: u8,
+}
+
+/// Const form of [`Gate`] for the built-in table.
+#[derive(Clone, Copy)]
+enum BGate {
+    Full,
+    AtKeyword,
+    Digits(u32, u32),
+    HexColons,
 }
 
 /// Ranks: specific provider tokens beat generic ones, structured PII beats
@@ -139,6 +165,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.0),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -148,6 +175,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.5),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -157,6 +185,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_CONTAINER,
     },
     Builtin {
@@ -166,6 +195,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -175,6 +205,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.5),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -184,6 +215,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -193,6 +225,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.0),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -202,6 +235,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.0),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -211,6 +245,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -220,6 +255,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -229,6 +265,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -238,6 +275,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -247,6 +285,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::random_token),
+        gate: BGate::Full,
         rank: RANK_TOKEN,
     },
     Builtin {
@@ -256,6 +295,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -265,6 +305,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.0),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -274,6 +315,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -283,6 +325,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: Some(3.0),
         check: None,
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -292,6 +335,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::jwt),
+        gate: BGate::Full,
         rank: RANK_SPECIFIC,
     },
     Builtin {
@@ -301,18 +345,20 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::database_url),
+        gate: BGate::Full,
         rank: RANK_CONTAINER,
     },
     Builtin {
         id: "generic_secret",
         keywords: &[
             "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key", "access_key",
-            "access-key", "auth_key", "credential",
+            "access-key", "accesskey", "auth_key", "auth-key", "authkey", "credential",
         ],
         regex: r#"(?i)(?:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,24}["'`]?\s{0,4}(?::=|=>|[:=])\s{0,4}["'`]?([A-Za-z0-9+/=_\-.!@#$%^&*~]{8,200})"#,
         group: 1,
         entropy: None,
         check: Some(validate::generic_secret),
+        gate: BGate::AtKeyword,
         rank: RANK_GENERIC,
     },
     Builtin {
@@ -322,6 +368,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::email),
+        gate: BGate::Full,
         rank: RANK_PII,
     },
     Builtin {
@@ -331,6 +378,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::phone),
+        gate: BGate::Digits(8, 0),
         rank: RANK_LOOSE_PII,
     },
     Builtin {
@@ -340,6 +388,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::card),
+        gate: BGate::Digits(13, 0),
         rank: RANK_STRONG_PII,
     },
     Builtin {
@@ -349,6 +398,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::iban),
+        gate: BGate::Digits(8, 0),
         rank: RANK_STRONG_PII,
     },
     Builtin {
@@ -358,6 +408,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::ssn),
+        gate: BGate::Digits(9, 0),
         rank: RANK_PII,
     },
     Builtin {
@@ -367,6 +418,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::ipv4),
+        gate: BGate::Digits(4, 3),
         rank: RANK_PII,
     },
     Builtin {
@@ -376,6 +428,7 @@ const BUILTINS: &[Builtin] = &[
         group: 1,
         entropy: None,
         check: Some(validate::ipv6),
+        gate: BGate::HexColons,
         rank: RANK_PII,
     },
 ];
@@ -398,6 +451,15 @@ pub(crate) fn builtins(cfg: &Guardrails) -> Vec<Rule> {
             secret_group: b.group,
             entropy: b.entropy,
             check: b.check,
+            gate: match b.gate {
+                BGate::Full => Gate::Full,
+                BGate::AtKeyword => Gate::AtKeyword(
+                    builtin_regex(&format!("^(?:{})", b.regex))
+                        .unwrap_or_else(|e| panic!("built-in rule {} does not compile: {e}", b.id)),
+                ),
+                BGate::Digits(min_digits, min_dots) => Gate::Digits { min_digits, min_dots },
+                BGate::HexColons => Gate::HexColons,
+            },
             allowlists: Vec::new(),
             action: action_for(cfg, b.id),
             rank: b.rank,
@@ -522,6 +584,7 @@ pub(crate) fn compile_custom(rule: &CustomRule) -> Result<Rule, Vec<String>> {
             secret_group: 0,
             entropy: None,
             check: None,
+            gate: Gate::Full,
             allowlists: Vec::new(),
             action: rule.action,
             rank: u8::MAX,

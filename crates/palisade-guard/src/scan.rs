@@ -8,7 +8,9 @@
 //! must never keep, log or return a matched value: only byte ranges.
 
 use crate::normalize::Normalized;
-use crate::rules::{Allowlist, Rule};
+use crate::rules::{Allowlist, Gate, Rule};
+use crate::window::{windows, Runs};
+use std::ops::Range;
 use crate::validate::shannon_entropy;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use palisade_core::policy::GuardAction;
@@ -48,59 +50,90 @@ pub(crate) struct ScanOut {
 
 pub(crate) struct Engine {
     pub rules: Vec<Rule>,
+    /// Keyword prefilter for rules that scan the whole text or windows.
     ac: Option<AhoCorasick>,
-    /// For each Aho-Corasick pattern, the rules it activates.
+    /// For each `ac` pattern, the rules it activates.
     kw_rules: Vec<Vec<usize>>,
+    /// Keywords of rules anchored at keyword hits (`Gate::AtKeyword`).
+    anchor_ac: Option<AhoCorasick>,
+    anchor_rules: Vec<Vec<usize>>,
     always: Vec<usize>,
     n_kw_rules: usize,
     global_allow: Vec<Allowlist>,
 }
 
+/// Build a case-insensitive keyword automaton; `None` when there are no
+/// keywords or it cannot be built (then the rules run without prefilter).
+fn keyword_automaton(patterns: &[String], kind: MatchKind) -> Option<AhoCorasick> {
+    if patterns.is_empty() {
+        return None;
+    }
+    match AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(kind).build(patterns) {
+        Ok(ac) => Some(ac),
+        Err(error) => {
+            tracing::warn!(%error, "Keyword prefilter could not be built; its rules will run on every text");
+            None
+        }
+    }
+}
+
+fn add_keywords(patterns: &mut Vec<String>, owners: &mut Vec<Vec<usize>>, rule: usize, keywords: &[String]) {
+    for k in keywords {
+        match patterns.iter().position(|p| p == k) {
+            Some(pi) => owners[pi].push(rule),
+            None => {
+                patterns.push(k.clone());
+                owners.push(vec![rule]);
+            }
+        }
+    }
+}
+
+/// Where accepted matches go: stored up to the per-rule cap, then counted.
+struct Sink<'n> {
+    norm: &'n Normalized<'n>,
+    matches: Vec<Match>,
+    stored: usize,
+    extra: u32,
+}
+
 impl Engine {
     pub(crate) fn new(rules: Vec<Rule>, global_allow: Vec<Allowlist>) -> Self {
-        let mut patterns: Vec<String> = Vec::new();
-        let mut kw_rules: Vec<Vec<usize>> = Vec::new();
+        let (mut patterns, mut kw_rules) = (Vec::new(), Vec::new());
+        let (mut anchor_patterns, mut anchor_rules) = (Vec::new(), Vec::new());
         let mut always = Vec::new();
+        let mut anchored = Vec::new();
         let mut n_kw_rules = 0;
         for (i, r) in rules.iter().enumerate() {
             if r.keywords.is_empty() {
                 always.push(i);
-                continue;
-            }
-            n_kw_rules += 1;
-            for k in &r.keywords {
-                match patterns.iter().position(|p| p == k) {
-                    Some(pi) => kw_rules[pi].push(i),
-                    None => {
-                        patterns.push(k.clone());
-                        kw_rules.push(vec![i]);
-                    }
-                }
+            } else if matches!(r.gate, Gate::AtKeyword(_)) {
+                anchored.push(i);
+                add_keywords(&mut anchor_patterns, &mut anchor_rules, i, &r.keywords);
+            } else {
+                n_kw_rules += 1;
+                add_keywords(&mut patterns, &mut kw_rules, i, &r.keywords);
             }
         }
-        let ac = if patterns.is_empty() {
-            None
-        } else {
-            // Keywords are plain strings; building cannot fail short of
-            // exceeding internal limits, in which case every rule just runs.
-            match AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .match_kind(MatchKind::Standard)
-                .build(&patterns)
-            {
-                Ok(ac) => Some(ac),
-                Err(error) => {
-                    tracing::warn!(%error, "Keyword prefilter could not be built; every rule will run");
-                    always = (0..rules.len()).collect();
-                    n_kw_rules = 0;
-                    None
-                }
-            }
-        };
+        let ac = keyword_automaton(&patterns, MatchKind::Standard);
+        if ac.is_none() && n_kw_rules > 0 {
+            always.extend(kw_rules.iter().flatten().copied());
+            always.sort_unstable();
+            always.dedup();
+            n_kw_rules = 0;
+        }
+        let anchor_ac = keyword_automaton(&anchor_patterns, MatchKind::LeftmostLongest);
+        if anchor_ac.is_none() && !anchored.is_empty() {
+            // Without hit positions an anchored rule cannot run; this only
+            // happens if the automaton is impossibly large.
+            tracing::error!(rules = anchored.len(), "Anchored keyword automaton could not be built; those rules are off");
+        }
         Self {
             rules,
             ac,
             kw_rules,
+            anchor_ac,
+            anchor_rules,
             always,
             n_kw_rules,
             global_allow,
@@ -135,56 +168,140 @@ impl Engine {
         let norm = Normalized::new(text);
         let t = norm.text();
         let active = self.active_rules(t);
-        let mut matches = Vec::new();
-        let mut overflow = Vec::new();
+        let mut runs: Option<Runs> = None;
+        let mut out = ScanOut {
+            matches: Vec::new(),
+            overflow: Vec::new(),
+        };
+        let mut sink = Sink {
+            norm: &norm,
+            matches: Vec::new(),
+            stored: 0,
+            extra: 0,
+        };
         for (ri, rule) in self.rules.iter().enumerate() {
             if !active[ri] {
                 continue;
             }
-            let cap = if rule.action == GuardAction::Redact { usize::MAX } else { MAX_MATCHES_PER_RULE };
-            let mut stored = 0usize;
-            let mut extra = 0u32;
-            let mut locs = rule.regex.capture_locations();
-            let mut pos = 0usize;
-            while pos <= t.len() {
-                let Some(whole) = rule.regex.captures_read_at(&mut locs, t, pos) else { break };
-                let (ws, we) = (whole.start(), whole.end());
-                let secret = secret_range(rule, &locs, ws, we);
-                let (accepted, resume) = match secret {
-                    Some((s, e)) => match self.accept(rule, t, (ws, we), (s, e)) {
-                        Some((s2, e2)) => (Some((s2, e2)), e2),
-                        None => (None, e),
-                    },
-                    None => (None, we),
-                };
-                if let Some((s, e)) = accepted {
-                    if stored < cap {
-                        let (os, oe) = norm.to_original(s, e);
-                        matches.push(Match {
-                            detector: rule.id.clone(),
-                            action: rule.action,
-                            start: os,
-                            end: oe,
-                            rule: ri,
-                            rank: rule.rank,
-                        });
-                        stored += 1;
-                    } else {
-                        extra = extra.saturating_add(1);
+            sink.stored = 0;
+            sink.extra = 0;
+            match &rule.gate {
+                Gate::Full => self.run_window(ri, t, 0..t.len(), &mut sink),
+                Gate::Digits { min_digits, min_dots } => {
+                    let runs = runs.get_or_insert_with(|| Runs::find(t));
+                    let cands = runs
+                        .digit_runs
+                        .iter()
+                        .filter(|r| r.digits >= *min_digits && r.dots >= *min_dots)
+                        .map(|r| (r.start, r.end));
+                    for w in windows(t, cands) {
+                        self.run_window(ri, t, w, &mut sink);
                     }
                 }
-                // Resume at the end of the value, not of the whole match: a
-                // pattern's trailing boundary character may be the next
-                // match's leading one (`10.0.0.1,10.0.0.2`).
-                pos = if resume > pos { resume } else { next_char_boundary(t, pos.max(ws)) };
+                Gate::HexColons => {
+                    let runs = runs.get_or_insert_with(|| Runs::find(t));
+                    for w in windows(t, runs.hex_colon_runs.iter().copied()) {
+                        self.run_window(ri, t, w, &mut sink);
+                    }
+                }
+                // Anchored rules are run from their keyword hits below.
+                Gate::AtKeyword(_) => {}
             }
-            if extra > 0 {
-                overflow.push((ri, extra));
+            if sink.extra > 0 {
+                out.overflow.push((ri, sink.extra));
             }
         }
-        ScanOut {
-            matches: suppress_contained(matches),
-            overflow,
+        self.run_anchored(t, &mut sink, &mut out.overflow);
+        out.matches = suppress_contained(sink.matches);
+        out
+    }
+
+    /// Run rule `ri`'s regex over `t[w]`. Windows start and end on ASCII
+    /// whitespace or the text's ends, so edge assertions behave as on `t`.
+    fn run_window(&self, ri: usize, t: &str, w: Range<usize>, sink: &mut Sink<'_>) {
+        let rule = &self.rules[ri];
+        let base = w.start;
+        let hay = &t[w];
+        let mut locs = rule.regex.capture_locations();
+        let mut pos = 0usize;
+        while pos <= hay.len() {
+            let Some(whole) = rule.regex.captures_read_at(&mut locs, hay, pos) else { break };
+            let (ws, we) = (whole.start(), whole.end());
+            let resume = match secret_range(rule, &locs, ws, we) {
+                Some((s, e)) => match self.accept(rule, t, (base + ws, base + we), (base + s, base + e)) {
+                    Some((s2, e2)) => {
+                        self.store(ri, s2, e2, sink);
+                        e2 - base
+                    }
+                    None => e,
+                },
+                None => we,
+            };
+            // Resume at the end of the value, not of the whole match: a
+            // pattern's trailing boundary character may be the next
+            // match's leading one (`10.0.0.1,10.0.0.2`).
+            pos = if resume > pos { resume } else { next_char_boundary(hay, pos.max(ws)) };
+        }
+    }
+
+    /// Rules whose every match starts with a keyword run anchored at each
+    /// keyword hit: cost follows the hits, not the text length.
+    fn run_anchored(&self, t: &str, sink: &mut Sink<'_>, overflow: &mut Vec<(usize, u32)>) {
+        let Some(ac) = &self.anchor_ac else { return };
+        let mut per_rule: Vec<(usize, usize, u32)> = Vec::new(); // (rule, stored, extra)
+        let mut last_end: Vec<(usize, usize)> = Vec::new(); // (rule, end of last accepted)
+        for hit in ac.find_iter(t) {
+            for &ri in &self.anchor_rules[hit.pattern().as_usize()] {
+                let Gate::AtKeyword(anchored) = &self.rules[ri].gate else { continue };
+                let pos = hit.start();
+                let le = last_end.iter().find(|(r, _)| *r == ri).map_or(0, |(_, e)| *e);
+                if pos < le {
+                    continue;
+                }
+                let rule = &self.rules[ri];
+                let mut locs = anchored.capture_locations();
+                let Some(whole) = anchored.captures_read(&mut locs, &t[pos..]) else { continue };
+                let Some((s, e)) = secret_range(rule, &locs, whole.start(), whole.end()) else { continue };
+                let Some((s2, e2)) = self.accept(rule, t, (pos + whole.start(), pos + whole.end()), (pos + s, pos + e)) else {
+                    continue;
+                };
+                match last_end.iter_mut().find(|(r, _)| *r == ri) {
+                    Some(slot) => slot.1 = e2,
+                    None => last_end.push((ri, e2)),
+                }
+                let idx = match per_rule.iter().position(|(r, _, _)| *r == ri) {
+                    Some(i) => i,
+                    None => {
+                        per_rule.push((ri, 0, 0));
+                        per_rule.len() - 1
+                    }
+                };
+                sink.stored = per_rule[idx].1;
+                sink.extra = per_rule[idx].2;
+                self.store(ri, s2, e2, sink);
+                per_rule[idx].1 = sink.stored;
+                per_rule[idx].2 = sink.extra;
+            }
+        }
+        overflow.extend(per_rule.into_iter().filter(|(_, _, x)| *x > 0).map(|(r, _, x)| (r, x)));
+    }
+
+    fn store(&self, ri: usize, s: usize, e: usize, sink: &mut Sink<'_>) {
+        let rule = &self.rules[ri];
+        let cap = if rule.action == GuardAction::Redact { usize::MAX } else { MAX_MATCHES_PER_RULE };
+        if sink.stored < cap {
+            let (os, oe) = sink.norm.to_original(s, e);
+            sink.matches.push(Match {
+                detector: rule.id.clone(),
+                action: rule.action,
+                start: os,
+                end: oe,
+                rule: ri,
+                rank: rule.rank,
+            });
+            sink.stored += 1;
+        } else {
+            sink.extra = sink.extra.saturating_add(1);
         }
     }
 
