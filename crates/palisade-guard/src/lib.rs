@@ -148,26 +148,3 @@ mod tests;
 
 #[cfg(test)]
 mod tests;
-
-impl Guard {
-    #[doc(hidden)]
-    pub fn profile_rules(&self, text: &str) -> Vec<(String, std::time::Duration)> {
-        let mut out = Vec::new();
-        for r in &self.engine.rules {
-            let e = scan::Engine::new(vec![r.clone()], vec![]);
-            let t = std::time::Instant::now();
-            let n = std::hint::black_box(e.scan(text)).matches.len();
-            out.push((format!("{} ({n})", r.id), t.elapsed()));
-        }
-        let t = std::time::Instant::now();
-        let _ = std::hint::black_box(self.engine.scan(text));
-        out.push(("TOTAL scan".into(), t.elapsed()));
-        let t = std::time::Instant::now();
-        let _ = std::hint::black_box(window::Runs::find(text));
-        out.push(("runs".into(), t.elapsed()));
-        let t = std::time::Instant::now();
-        let _ = std::hint::black_box(normalize::Normalized::new(text).text().len());
-        out.push(("normalize".into(), t.elapsed()));
-        out
-    }
-}
