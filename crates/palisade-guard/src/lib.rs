@@ -145,6 +145,3 @@ pub fn validate_custom_rules(cfg: &Guardrails) -> Result<(), GuardError> {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod tests;
