@@ -39,6 +39,9 @@ const RECENT_PIDS: usize = 16;
 #[derive(Debug)]
 pub struct ProcNetAttributor {
     root: PathBuf,
+    /// Ask the kernel for the one socket over netlink before reading the
+    /// procfs tables (only against the real `/proc`).
+    netlink: bool,
     recent: Mutex<VecDeque<u32>>,
 }
 
@@ -50,12 +53,12 @@ impl Default for ProcNetAttributor {
 
 impl ProcNetAttributor {
     pub fn new() -> Self {
-        Self::with_root(PROC_ROOT)
+        Self { netlink: cfg!(target_os = "linux"), ..Self::with_root(PROC_ROOT) }
     }
 
     /// Read procfs from `root` instead of `/proc` (fixtures, containers).
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), recent: Mutex::new(VecDeque::with_capacity(RECENT_PIDS)) }
+        Self { root: root.into(), netlink: false, recent: Mutex::new(VecDeque::with_capacity(RECENT_PIDS)) }
     }
 
     fn recent_pids(&self) -> Vec<u32> {
@@ -73,6 +76,15 @@ impl ProcNetAttributor {
     /// The socket whose local end is `peer` and remote end is `local`.
     fn find_socket(&self, peer: SocketAddr, local: SocketAddr) -> Result<SocketEntry, AttributionError> {
         let (want_local, want_remote) = (canonical(peer), canonical(local));
+        #[cfg(target_os = "linux")]
+        if self.netlink {
+            use super::sockdiag::{self, DiagError};
+            match sockdiag::lookup(want_local, want_remote) {
+                Ok(e) => return Ok(SocketEntry { local: peer, remote: local, uid: e.uid, inode: e.inode }),
+                Err(DiagError::NotFound) => return Err(AttributionError::SocketNotFound { peer, local }),
+                Err(DiagError::Unavailable(why)) => debug!(why, "sock_diag unavailable; reading /proc/net/tcp"),
+            }
+        }
         let mut read_any = false;
         for table in ["net/tcp", "net/tcp6"] {
             let path = self.root.join(table);

@@ -237,6 +237,17 @@ fn attributes_a_real_ipv4_loopback_connection_to_this_process() {
 
 #[cfg(target_os = "linux")]
 #[test]
+fn the_procfs_path_alone_attributes_a_real_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server_side, peer) = listener.accept().unwrap();
+    // with_root never uses netlink, so this exercises /proc/net/tcp parsing on the live kernel.
+    let p = ProcNetAttributor::with_root("/proc").lookup(peer, server_side.local_addr().unwrap()).unwrap();
+    assert_eq!(p.pid, std::process::id());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
 fn attributes_ipv4_clients_of_a_dual_stack_listener() {
     // Skips only where the kernel has IPv6 disabled entirely.
     if TcpListener::bind("[::]:0").is_err() {
