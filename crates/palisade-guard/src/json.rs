@@ -27,9 +27,12 @@ pub(crate) enum JsonError {
 }
 
 impl Node {
+    /// The value for `key`; with duplicate keys the LAST one, as serde_json,
+    /// JavaScript, Python and Go read it (so the value we scan is the value
+    /// the provider reads).
     pub(crate) fn get(&self, key: &str) -> Option<&Node> {
         match self {
-            Node::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            Node::Obj(fields) => fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }

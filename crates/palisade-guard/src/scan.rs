@@ -406,6 +406,49 @@ mod tests {
         assert_eq!(out.len(), 2, "partial overlap kept");
     }
 
+    /// Every built-in with its gate replaced by a whole-text scan.
+    fn ungated() -> Engine {
+        let mut rules = crate::rules::builtins(&palisade_core::policy::Guardrails::default());
+        for r in &mut rules {
+            r.gate = Gate::Full;
+        }
+        Engine::new(rules, Vec::new())
+    }
+
+    fn spans(e: &Engine, t: &str) -> Vec<(String, usize, usize)> {
+        let mut v: Vec<_> = e.scan(t).matches.into_iter().map(|m| (m.detector.to_string(), m.start, m.end)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn gates_never_lose_a_match() {
+        let gated = Engine::new(crate::rules::builtins(&palisade_core::policy::Guardrails::default()), Vec::new());
+        let full = ungated();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "txt") {
+                let text = std::fs::read_to_string(path).unwrap();
+                lines.extend(text.lines().filter(|l| l.len() > 2).map(|l| l[2..].replace("\\n", "\n")));
+            }
+        }
+        let mut checked = 0;
+        for l in &lines {
+            assert_eq!(spans(&gated, l), spans(&full, l), "line: {l}");
+            checked += 1;
+        }
+        // Joined with and without whitespace, so windows meet and merge.
+        let filler = "x".repeat(70);
+        for sep in ["\n", " ", "", ";", &filler] {
+            let joined = lines.join(sep);
+            assert_eq!(spans(&gated, &joined), spans(&full, &joined), "joined with {sep:?}");
+            checked += 1;
+        }
+        assert!(checked > 200);
+    }
+
     #[test]
     fn line_is_found() {
         let t = "a\nkey=1\nb";

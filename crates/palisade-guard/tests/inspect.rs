@@ -397,3 +397,15 @@ fn bad_custom_rules_are_all_rejected_with_their_ids() {
     assert!(Guard::new(&cfg).is_err());
     assert!(palisade_guard::validate_custom_rules(&Guardrails { custom: vec![cfg.custom[0].clone()], ..Guardrails::default() }).is_ok());
 }
+
+#[test]
+fn duplicate_keys_scan_the_value_providers_read() {
+    let g = guard_with(GuardAction::Block, &[]);
+    // serde_json, JS and Python keep the last duplicate: that is what would be sent.
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"hello"}}],"messages":[{{"role":"user","content":"{AWS}"}}]}}"#);
+    let v = g.inspect_request("chat.completions", body.as_bytes());
+    assert_eq!(v.action, VerdictAction::Block { rule: "aws_access_key".into() });
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"{AWS}","content":"hi"}}]}}"#);
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(parsed["messages"][0]["content"], "hi", "serde_json keeps the last");
+}
