@@ -323,10 +323,12 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
     if body.contains(&0) || std::str::from_utf8(body).is_err() {
         return Verdict::skipped("binary body");
     }
-    let Ok(root) = json::parse(body) else {
+    let Ok((root, duplicate_keys)) = json::parse_checked(body) else {
         return Verdict::skipped("not JSON");
     };
-    let ep = Endpoint::parse(endpoint);
+    // With repeated keys, which value a provider reads is parser-specific
+    // and every copy goes over the wire: scan every string, never rewrite.
+    let ep = if duplicate_keys { Endpoint::Unknown } else { Endpoint::parse(endpoint) };
     let targets = select(ep, &root, body);
 
     let mut findings = Findings::default();
@@ -381,9 +383,11 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
             action: VerdictAction::Block { rule },
             findings,
             skipped: None,
-            error: Some(format!(
-                "redaction is not supported for endpoint {endpoint:?}; request blocked instead"
-            )),
+            error: Some(if duplicate_keys {
+                "redaction is not supported for a body with duplicate JSON keys; request blocked instead".to_string()
+            } else {
+                format!("redaction is not supported for endpoint {endpoint:?}; request blocked instead")
+            }),
         };
     }
     let mut redactor = Redactor::new();

@@ -47,10 +47,21 @@ impl Node {
 
 /// Validate with serde_json (strict, depth-limited), then build the span tree.
 pub(crate) fn parse(body: &[u8]) -> Result<Node, JsonError> {
+    parse_checked(body).map(|(n, _)| n)
+}
+
+/// Like [`parse`], also saying whether any object repeats a key (parsers
+/// disagree on which duplicate wins, so callers should not trust a
+/// content-path reading of such a body).
+pub(crate) fn parse_checked(body: &[u8]) -> Result<(Node, bool), JsonError> {
     serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| JsonError::NotJson)?;
-    let mut p = Parser { b: body, i: 0 };
+    let mut p = Parser {
+        b: body,
+        i: 0,
+        duplicate_keys: false,
+    };
     let node = p.value()?;
-    Ok(node)
+    Ok((node, p.duplicate_keys))
 }
 
 /// Decode one string literal (with quotes) into its text.
@@ -86,6 +97,7 @@ pub(crate) fn encode(s: &str) -> String {
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
+    duplicate_keys: bool,
 }
 
 impl Parser<'_> {
@@ -122,6 +134,9 @@ impl Parser<'_> {
                             }
                             self.i += 1;
                             let v = self.value()?;
+                            if !self.duplicate_keys && fields.iter().any(|(k, _)| *k == key) {
+                                self.duplicate_keys = true;
+                            }
                             fields.push((key, v));
                         }
                         _ => return Err(JsonError::NotJson),

@@ -399,13 +399,19 @@ fn bad_custom_rules_are_all_rejected_with_their_ids() {
 }
 
 #[test]
-fn duplicate_keys_scan_the_value_providers_read() {
+fn duplicate_keys_are_scanned_in_every_copy_and_never_rewritten() {
     let g = guard_with(GuardAction::Block, &[]);
-    // serde_json, JS and Python keep the last duplicate: that is what would be sent.
-    let body = format!(r#"{{"messages":[{{"role":"user","content":"hello"}}],"messages":[{{"role":"user","content":"{AWS}"}}]}}"#);
-    let v = g.inspect_request("chat.completions", body.as_bytes());
-    assert_eq!(v.action, VerdictAction::Block { rule: "aws_access_key".into() });
+    for body in [
+        format!(r#"{{"messages":[{{"role":"user","content":"hello"}}],"messages":[{{"role":"user","content":"{AWS}"}}]}}"#),
+        format!(r#"{{"messages":[{{"role":"user","content":"{AWS}"}}],"messages":[{{"role":"user","content":"hello"}}]}}"#),
+        format!(r#"{{"messages":[{{"role":"user","content":"{AWS}","content":"hi"}}]}}"#),
+    ] {
+        let v = g.inspect_request("chat.completions", body.as_bytes());
+        assert_eq!(v.action, VerdictAction::Block { rule: "aws_access_key".into() }, "{body}");
+    }
+    let g = guard_with(GuardAction::Redact, &[]);
     let body = format!(r#"{{"messages":[{{"role":"user","content":"{AWS}","content":"hi"}}]}}"#);
-    let parsed: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(parsed["messages"][0]["content"], "hi", "serde_json keeps the last");
+    let v = g.inspect_request("chat.completions", body.as_bytes());
+    assert!(matches!(v.action, VerdictAction::Block { .. }));
+    assert!(v.error.unwrap().contains("duplicate JSON keys"));
 }
