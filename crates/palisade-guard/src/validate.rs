@@ -57,7 +57,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         sum += d;
         double = !double;
     }
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 /// Known issuer prefixes and the lengths they issue.

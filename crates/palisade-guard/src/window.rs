@@ -155,7 +155,8 @@ mod tests {
         let t2 = format!("{} {} 123 {} {}", "a".repeat(60), "c".repeat(60), "d".repeat(60), "b".repeat(60));
         let s2 = t2.find("123").unwrap();
         let w = windows(&t2, [(s2, s2 + 3)].into_iter());
-        assert_eq!(w, [60..t2.len() - 60], "starts on the space before the c run, ends after the one before the b run");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0], 60..t2.len() - 60, "starts on the space before the c run, ends after the one before the b run");
         let w = windows(&t, [(s, s + 1), (s + 2, s + 3)].into_iter());
         assert_eq!(w.len(), 1, "overlapping windows merge");
     }
