@@ -85,6 +85,11 @@ pub enum EventsError {
          (pass --spool PATH or set PALISADE_DATA_DIR)"
     )]
     NoSpool { path: PathBuf },
+    #[error(
+        "permission denied reading {path}: the spool is private to the user the agent runs as \
+         (run this as that user, e.g. with sudo)"
+    )]
+    NoPermission { path: PathBuf },
     #[error("--since {since} is not before --until {until}")]
     EmptyRange { since: String, until: String },
     #[error(transparent)]
@@ -123,15 +128,22 @@ pub async fn run(args: EventsArgs, out: &mut impl Write) -> Result<(), EventsErr
         Some(p) => p.clone(),
         None => palisade_spool::default_spool_path(),
     };
-    let spool = Spool::open_read_only(&path).await.map_err(|e| match e {
-        SpoolError::NotFound { path } => EventsError::NoSpool { path },
-        other => EventsError::Spool(other),
-    })?;
+    let spool = Spool::open_read_only(&path).await.map_err(open_error)?;
     let events = spool.query(&filter).await?;
     spool.close().await;
     render(&events, args.format, out)?;
     out.flush()?;
     Ok(())
+}
+
+fn open_error(e: SpoolError) -> EventsError {
+    match e {
+        SpoolError::NotFound { path } => EventsError::NoSpool { path },
+        SpoolError::Io { path, source } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            EventsError::NoPermission { path }
+        }
+        other => EventsError::Spool(other),
+    }
 }
 
 fn render(events: &[AuditEvent], format: Format, out: &mut impl Write) -> Result<(), EventsError> {
@@ -278,6 +290,18 @@ mod tests {
         assert!(lines[1].contains("12/3"));
         assert!(lines[1].ends_with("hi there"), "{text}");
         assert!(lines[2].ends_with(r#"{"app":"Cursor"}"#), "{text}");
+    }
+
+    #[test]
+    fn open_errors_get_hints() {
+        let denied = SpoolError::Io { path: "/root/x/spool.db".into(), source: std::io::ErrorKind::PermissionDenied.into() };
+        let e = open_error(denied);
+        assert!(matches!(e, EventsError::NoPermission { .. }), "{e}");
+        assert!(e.to_string().contains("sudo"), "{e}");
+        let missing = open_error(SpoolError::NotFound { path: "/nope/spool.db".into() });
+        assert!(missing.to_string().contains("PALISADE_DATA_DIR"), "{missing}");
+        let other = open_error(SpoolError::ReadOnly);
+        assert!(matches!(other, EventsError::Spool(SpoolError::ReadOnly)), "{other}");
     }
 
     #[test]

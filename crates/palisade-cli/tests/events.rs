@@ -17,7 +17,7 @@ fn interaction(provider: &str, model: &str, app: &str, decision: RecordDecision,
         DeviceRef { id: "dev-1".into(), hostname: "laptop".into(), os: "linux".into() },
         UserRef { os_user: Some("alice".into()), email: None },
     );
-    ev.app = Some(AppRef { name: Some(app.into()), exe: Some(format!("/usr/bin/{app}")), pid: Some(4242), unknown_reason: None });
+    ev.app = Some(AppRef { name: Some(app.into()), exe: Some(format!("/usr/bin/{app}")), pid: Some(4242), ..Default::default() });
     ev.interaction = Some(Interaction {
         provider: provider.into(),
         host: format!("api.{provider}.com"),

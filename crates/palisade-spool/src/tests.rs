@@ -533,6 +533,7 @@ async fn behaves_like_a_fifo_queue_keyed_by_id() {
 
 const CRASH_CHILD_ENV: &str = "PALISADE_SPOOL_CRASH_CHILD";
 const APPENDED: &str = "APPENDED ";
+const BATCH: &str = "BATCH ";
 
 /// Child half of [`appends_that_returned_ok_survive_sigkill`]: appends until
 /// killed, printing each id after its append returned `Ok`. Does nothing
@@ -548,6 +549,9 @@ async fn crash_child() {
         let ev = simple(&format!("crash test {i}"));
         if i % 3 == 0 {
             let extra = simple(&format!("crash test batch {i}"));
+            // Announced before the append, so the parent can check all-or-none.
+            writeln!(out, "{BATCH}{} {}", ev.id, extra.id).unwrap();
+            out.flush().unwrap();
             spool.append_batch(&[ev.clone(), extra.clone()]).await.unwrap();
             writeln!(out, "{APPENDED}{}", extra.id).unwrap();
         } else {
@@ -575,19 +579,25 @@ fn appends_that_returned_ok_survive_sigkill() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acknowledged = Vec::new();
-    while acknowledged.len() < 150 {
-        let line = lines.next().expect("child exited before being killed").unwrap();
+    let mut batches: Vec<(Uuid, Uuid)> = Vec::new();
+    let mut take = |line: &str, acknowledged: &mut Vec<Uuid>| {
         if let Some(id) = line.strip_prefix(APPENDED) {
             acknowledged.push(Uuid::parse_str(id).unwrap());
+        } else if let Some(pair) = line.strip_prefix(BATCH) {
+            let (a, b) = pair.split_once(' ').unwrap();
+            batches.push((Uuid::parse_str(a).unwrap(), Uuid::parse_str(b).unwrap()));
         }
+    };
+    while acknowledged.len() < 150 {
+        let line = lines.next().expect("child exited before being killed").unwrap();
+        take(&line, &mut acknowledged);
     }
     child.kill().unwrap(); // SIGKILL on unix, mid-stream
     // Ids printed before the kill but not yet read are acknowledged too.
     for line in lines {
-        if let Some(id) = line.unwrap().strip_prefix(APPENDED) {
-            acknowledged.push(Uuid::parse_str(id).unwrap());
-        }
+        take(&line.unwrap(), &mut acknowledged);
     }
+    assert!(batches.len() > 10);
     let status = child.wait().unwrap();
     assert!(!status.success(), "child must have been killed: {status:?}");
 
@@ -602,6 +612,9 @@ fn appends_that_returned_ok_survive_sigkill() {
         let stored: HashSet<Uuid> = spool.peek(usize::MAX).await.unwrap().iter().map(|e| e.id).collect();
         for id in &acknowledged {
             assert!(stored.contains(id), "append of {id} returned Ok but the record is gone");
+        }
+        for (a, b) in &batches {
+            assert_eq!(stored.contains(a), stored.contains(b), "batch {a}+{b} was half applied");
         }
         let stats = spool.stats().await.unwrap();
         assert_eq!(stats.count, stored.len() as u64, "counters agree with the rows");

@@ -56,6 +56,8 @@ pub enum AttributionError {
     },
     #[error("{path} line {line}: {reason}")]
     Parse { path: PathBuf, line: usize, reason: String },
+    #[error("attribution lookup did not complete: {0}")]
+    Interrupted(String),
 }
 
 /// Maps a connection seen by the proxy to the local process that opened it.
@@ -73,6 +75,19 @@ pub fn platform_attributor() -> Arc<dyn Attributor> {
     } else {
         Arc::new(UnsupportedAttributor::new(std::env::consts::OS))
     }
+}
+
+/// [`Attributor::lookup`] on the blocking pool, so a cold lookup (a scan of
+/// every process's fds, milliseconds on a busy host) never stalls the
+/// proxy's executor threads.
+pub async fn lookup_off_executor(
+    attributor: Arc<dyn Attributor>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<ProcessInfo, AttributionError> {
+    tokio::task::spawn_blocking(move || attributor.lookup(peer, local))
+        .await
+        .unwrap_or_else(|e| Err(AttributionError::Interrupted(e.to_string())))
 }
 
 /// The record's `app` for a lookup result: the process, or all-`None` with

@@ -236,6 +236,18 @@ fn attributes_a_real_ipv4_loopback_connection_to_this_process() {
 }
 
 #[cfg(target_os = "linux")]
+#[tokio::test]
+async fn lookups_run_off_the_executor() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server_side, peer) = listener.accept().unwrap();
+    let p = lookup_off_executor(platform_attributor(), peer, server_side.local_addr().unwrap()).await.unwrap();
+    assert_eq!(p.pid, std::process::id());
+    let e = lookup_off_executor(Arc::new(UnsupportedAttributor::new("plan9")), peer, peer).await.unwrap_err();
+    assert!(e.to_string().contains("not implemented on plan9"), "{e}");
+}
+
+#[cfg(target_os = "linux")]
 #[test]
 fn the_procfs_path_alone_attributes_a_real_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
