@@ -429,26 +429,84 @@ pub(crate) fn inspect_response_text(guard: &Guard, text: &str) -> (Vec<Finding>,
     if !guard.enabled || !guard.scan_responses || text.is_empty() {
         return (Vec::new(), None);
     }
-    let out = guard.engine.scan(text);
-    let mut findings = Findings::default();
-    let mut block: Option<(usize, String)> = None;
-    // A response already on its way cannot be rewritten: redact rules are
-    // recorded as `log` here; block rules hold the response back.
-    let applied = |a: GuardAction| if a == GuardAction::Block { GuardAction::Block } else { GuardAction::Log };
-    for m in &out.matches {
-        findings.add(&m.detector, applied(m.action).as_str(), FindingLocation::Response, None, 1);
-        if m.action == GuardAction::Block && block.as_ref().is_none_or(|(s, _)| m.start < *s) {
-            block = Some((m.start, m.detector.to_string()));
+    let mut acc = ResponseScan::default();
+    acc.scan(guard, text, None);
+    acc.finish()
+}
+
+/// MCP JSON-RPC response (or batch): `result.content[].text`, embedded
+/// resource text, and every string of `result.structuredContent`.
+pub(crate) fn inspect_mcp_response(guard: &Guard, body: &[u8]) -> (Vec<Finding>, Option<String>) {
+    if !guard.enabled || !guard.scan_responses || body.is_empty() {
+        return (Vec::new(), None);
+    }
+    let Ok(root) = json::parse(body) else { return (Vec::new(), None) };
+    let mut targets = Vec::new();
+    let mut one = |msg: &Node, prefix: &str| {
+        let Some(result) = msg.get("result") else { return };
+        if let Some(Node::Arr(items)) = result.get("content") {
+            for (i, item) in items.iter().enumerate() {
+                let p = format!("{prefix}result.content[{i}]");
+                push_str(item.get("text"), format!("{p}.text"), &mut targets);
+                push_str(item.get("resource").and_then(|r| r.get("text")), format!("{p}.resource.text"), &mut targets);
+            }
+        }
+        if let Some(sc) = result.get("structuredContent") {
+            all_strings(sc, &format!("{prefix}result.structuredContent"), &mut targets);
+        }
+    };
+    match &root {
+        Node::Arr(batch) => {
+            for (i, msg) in batch.iter().enumerate() {
+                one(msg, &format!("[{i}]."));
+            }
+        }
+        msg => one(msg, ""),
+    }
+    let mut acc = ResponseScan::default();
+    for t in targets {
+        if let Ok(text) = json::decode(body, &t.span) {
+            acc.scan(guard, &text, Some(&t.path));
         }
     }
-    for (ri, n) in &out.overflow {
-        let r = &guard.engine.rules[*ri];
-        findings.add(&r.id, applied(r.action).as_str(), FindingLocation::Response, None, *n);
-        if r.action == GuardAction::Block && block.is_none() {
-            block = Some((usize::MAX, r.id.to_string()));
+    acc.finish()
+}
+
+/// Findings and the first blocking rule across response texts.
+#[derive(Default)]
+struct ResponseScan {
+    findings: Findings,
+    block: Option<String>,
+}
+
+impl ResponseScan {
+    fn scan(&mut self, guard: &Guard, text: &str, path: Option<&str>) {
+        let out = guard.engine.scan(text);
+        // A response already on its way cannot be rewritten: redact rules
+        // are recorded as `log` here; block rules hold the response back.
+        let applied = |a: GuardAction| if a == GuardAction::Block { GuardAction::Block } else { GuardAction::Log };
+        let mut first_block: Option<(usize, &str)> = None;
+        for m in &out.matches {
+            self.findings.add(&m.detector, applied(m.action).as_str(), FindingLocation::Response, path, 1);
+            if m.action == GuardAction::Block && first_block.is_none_or(|(s, _)| m.start < s) {
+                first_block = Some((m.start, &m.detector));
+            }
+        }
+        for (ri, n) in &out.overflow {
+            let r = &guard.engine.rules[*ri];
+            self.findings.add(&r.id, applied(r.action).as_str(), FindingLocation::Response, path, *n);
+            if r.action == GuardAction::Block && first_block.is_none() {
+                first_block = Some((usize::MAX, &r.id));
+            }
+        }
+        if self.block.is_none() {
+            self.block = first_block.map(|(_, r)| r.to_string());
         }
     }
-    (findings.list, block.map(|(_, r)| r))
+
+    fn finish(self) -> (Vec<Finding>, Option<String>) {
+        (self.findings.list, self.block)
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,14 @@ impl Guard {
     pub fn inspect_response_text(&self, text: &str) -> (Vec<Finding>, Option<String>) {
         inspect::inspect_response_text(self, text)
     }
+
+    /// Inspect an MCP JSON-RPC response body (one message or a batch; for
+    /// SSE, call once per `data:` payload): `result.content[].text`,
+    /// embedded resource text and `result.structuredContent` strings.
+    /// Findings carry the path; non-JSON bodies give no findings.
+    pub fn inspect_mcp_response(&self, body: &[u8]) -> (Vec<Finding>, Option<String>) {
+        inspect::inspect_mcp_response(self, body)
+    }
 }
 
 impl fmt::Debug for Guard {

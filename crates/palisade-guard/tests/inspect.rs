@@ -415,3 +415,29 @@ fn duplicate_keys_are_scanned_in_every_copy_and_never_rewritten() {
     assert!(matches!(v.action, VerdictAction::Block { .. }));
     assert!(v.error.unwrap().contains("duplicate JSON keys"));
 }
+
+#[test]
+fn mcp_tool_results_are_scanned() {
+    let g = guard_with(GuardAction::Log, &[("aws_access_key", GuardAction::Block)]);
+    let body = json!({"jsonrpc": "2.0", "id": 7, "result": {
+        "content": [
+            {"type": "text", "text": "rows: a@acme.io, b@acme.io"},
+            {"type": "resource", "resource": {"uri": "file:///x/.env", "text": format!("AWS_ACCESS_KEY_ID={AWS}")}}
+        ],
+        "structuredContent": {"owner": {"email": "c@acme.io"}}
+    }});
+    let (findings, block) = g.inspect_mcp_response(&serde_json::to_vec(&body).unwrap());
+    assert_eq!(block.as_deref(), Some("aws_access_key"));
+    let got: Vec<(&str, &str, u32)> =
+        findings.iter().map(|f| (f.detector.as_str(), f.path.as_deref().unwrap(), f.count)).collect();
+    assert_eq!(
+        got,
+        [
+            ("email", "result.content[0].text", 2),
+            ("aws_access_key", "result.content[1].resource.text", 1),
+            ("email", "result.structuredContent.owner.email", 1),
+        ]
+    );
+    assert!(findings.iter().all(|f| f.location == FindingLocation::Response));
+    assert_eq!(g.inspect_mcp_response(b"event: message"), (vec![], None));
+}
