@@ -198,6 +198,27 @@ async fn size_cap_drops_oldest_counts_them_and_reports_the_loss() {
 }
 
 #[tokio::test]
+async fn a_batch_into_a_full_spool_keeps_the_whole_batch() {
+    let dir = TempDir::new().unwrap();
+    let spool = Spool::open(&dir.path().join("s.db"), SpoolOptions { max_bytes: MIN_MAX_BYTES }).await.unwrap();
+    let filler = "x".repeat(1000);
+    // Each record is ~3 KB (prompt and response); 15 fit in 64 KiB, 25 do not.
+    let old: Vec<_> = (0..15).map(|i| simple(&format!("old {i} {filler}"))).collect();
+    spool.append_batch(&old).await.unwrap();
+    assert_eq!(spool.stats().await.unwrap().dropped_total, 0);
+    let batch: Vec<_> = (0..10).map(|i| simple(&format!("new {i} {filler}"))).collect();
+    spool.append_batch(&batch).await.unwrap();
+    let held = spool.peek(usize::MAX).await.unwrap();
+    let stats = spool.stats().await.unwrap();
+    assert!(stats.bytes <= MIN_MAX_BYTES, "{stats:?}");
+    assert!(stats.dropped_total > 0, "{stats:?}");
+    let records: Vec<_> = held.iter().filter(|e| e.kind != EventKind::SpoolDropped).cloned().collect();
+    assert_eq!(records[records.len() - 10..], batch[..], "the new batch is kept whole, in order");
+    assert_eq!(records.len() as u64 + stats.dropped_total, 25);
+    assert_eq!(held.last().unwrap().kind, EventKind::SpoolDropped, "the loss is reported after the batch");
+}
+
+#[tokio::test]
 async fn a_batch_larger_than_the_cap_is_refused_and_nothing_is_stored() {
     let dir = TempDir::new().unwrap();
     let spool = Spool::open(&dir.path().join("s.db"), SpoolOptions { max_bytes: MIN_MAX_BYTES }).await.unwrap();
