@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod fleet;
+
 const LAT_REQUESTS: usize = 2000;
 const RPS_SECONDS: u64 = 5;
 const TUNNEL_BYTES: usize = 100 * 1024 * 1024;
@@ -289,8 +291,11 @@ async fn tunnel(echo: SocketAddr, proxy: Option<SocketAddr>) -> Result<f64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "proxy".into());
+    if what == "fleet" {
+        return Ok(fleet::main(std::env::args().skip(2)).await?);
+    }
     if what != "proxy" {
-        bail!("usage: palisade-bench proxy");
+        bail!("usage: palisade-bench proxy | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL]");
     }
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new();
