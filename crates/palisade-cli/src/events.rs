@@ -104,7 +104,10 @@ impl EventsArgs {
     fn filter(&self) -> Result<EventFilter, EventsError> {
         if let (Some(since), Some(until)) = (self.since, self.until) {
             if since >= until {
-                return Err(EventsError::EmptyRange { since: rfc3339(since), until: rfc3339(until) });
+                return Err(EventsError::EmptyRange {
+                    since: rfc3339(since),
+                    until: rfc3339(until),
+                });
             }
         }
         Ok(EventFilter {
@@ -139,7 +142,9 @@ pub async fn run(args: EventsArgs, out: &mut impl Write) -> Result<(), EventsErr
 fn open_error(e: SpoolError) -> EventsError {
     match e {
         SpoolError::NotFound { path } => EventsError::NoSpool { path },
-        SpoolError::Io { path, source } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        SpoolError::Io { path, source }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
             EventsError::NoPermission { path }
         }
         other => EventsError::Spool(other),
@@ -163,7 +168,9 @@ fn render(events: &[AuditEvent], format: Format, out: &mut impl Write) -> Result
     Ok(())
 }
 
-const HEADERS: [&str; 9] = ["TIME", "KIND", "USER", "APP", "PROVIDER", "MODEL", "DECISION", "TOKENS", "SUMMARY"];
+const HEADERS: [&str; 9] = [
+    "TIME", "KIND", "USER", "APP", "PROVIDER", "MODEL", "DECISION", "TOKENS", "SUMMARY",
+];
 
 fn write_table(events: &[AuditEvent], out: &mut impl Write) -> std::io::Result<()> {
     let rows: Vec<[String; 9]> = events.iter().map(table_row).collect();
@@ -206,16 +213,39 @@ fn table_row(ev: &AuditEvent) -> [String; 9] {
                 .map(|e| format!("error: {e}"))
                 .or_else(|| i.request.prompt.clone())
                 .unwrap_or_else(|| format!("{} {}", i.request.method, i.request.path));
-            (Some(i.provider.clone()), i.model.clone(), Some(i.policy.decision.as_str().to_string()), tokens, text)
+            (
+                Some(i.provider.clone()),
+                i.model.clone(),
+                Some(i.policy.decision.as_str().to_string()),
+                tokens,
+                text,
+            )
         }
-        None => (None, None, None, dash(), if ev.details.is_null() { String::new() } else { ev.details.to_string() }),
+        None => (
+            None,
+            None,
+            None,
+            dash(),
+            if ev.details.is_null() {
+                String::new()
+            } else {
+                ev.details.to_string()
+            },
+        ),
     };
     [
         rfc3339(ev.time),
         clean(ev.kind.as_str(), SUMMARY_WIDTH),
-        ev.user.os_user.as_deref().map(|u| clean(u, 24)).unwrap_or_else(dash),
+        ev.user
+            .os_user
+            .as_deref()
+            .map(|u| clean(u, 24))
+            .unwrap_or_else(dash),
         app.as_deref().map(|a| clean(a, 24)).unwrap_or_else(dash),
-        provider.filter(|p| !p.is_empty()).map(|p| clean(&p, 24)).unwrap_or_else(dash),
+        provider
+            .filter(|p| !p.is_empty())
+            .map(|p| clean(&p, 24))
+            .unwrap_or_else(dash),
         model.map(|m| clean(&m, 40)).unwrap_or_else(dash),
         decision.unwrap_or_else(dash),
         tokens,
@@ -268,15 +298,33 @@ mod tests {
 
     #[test]
     fn table_aligns_columns_and_shows_missing_values_as_dash() {
-        let mut a = AuditEvent::new(EventKind::Interaction, DeviceRef::default(), UserRef { os_user: Some("alice".into()), email: None });
+        let mut a = AuditEvent::new(
+            EventKind::Interaction,
+            DeviceRef::default(),
+            UserRef {
+                os_user: Some("alice".into()),
+                email: None,
+            },
+        );
         a.interaction = Some(Interaction {
             provider: "openai".into(),
             model: Some("gpt-4o".into()),
-            usage: Usage { input_tokens: Some(12), output_tokens: Some(3), ..Default::default() },
-            request: palisade_core::RequestCapture { prompt: Some("hi\nthere".into()), ..Default::default() },
+            usage: Usage {
+                input_tokens: Some(12),
+                output_tokens: Some(3),
+                ..Default::default()
+            },
+            request: palisade_core::RequestCapture {
+                prompt: Some("hi\nthere".into()),
+                ..Default::default()
+            },
             ..Default::default()
         });
-        let mut b = AuditEvent::new(EventKind::AppDiscovered, DeviceRef::default(), UserRef::default());
+        let mut b = AuditEvent::new(
+            EventKind::AppDiscovered,
+            DeviceRef::default(),
+            UserRef::default(),
+        );
         b.details = serde_json::json!({"app": "Cursor"});
         let mut out = Vec::new();
         write_table(&[a, b], &mut out).unwrap();
@@ -294,14 +342,25 @@ mod tests {
 
     #[test]
     fn open_errors_get_hints() {
-        let denied = SpoolError::Io { path: "/root/x/spool.db".into(), source: std::io::ErrorKind::PermissionDenied.into() };
+        let denied = SpoolError::Io {
+            path: "/root/x/spool.db".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
         let e = open_error(denied);
         assert!(matches!(e, EventsError::NoPermission { .. }), "{e}");
         assert!(e.to_string().contains("sudo"), "{e}");
-        let missing = open_error(SpoolError::NotFound { path: "/nope/spool.db".into() });
-        assert!(missing.to_string().contains("PALISADE_DATA_DIR"), "{missing}");
+        let missing = open_error(SpoolError::NotFound {
+            path: "/nope/spool.db".into(),
+        });
+        assert!(
+            missing.to_string().contains("PALISADE_DATA_DIR"),
+            "{missing}"
+        );
         let other = open_error(SpoolError::ReadOnly);
-        assert!(matches!(other, EventsError::Spool(SpoolError::ReadOnly)), "{other}");
+        assert!(
+            matches!(other, EventsError::Spool(SpoolError::ReadOnly)),
+            "{other}"
+        );
     }
 
     #[test]

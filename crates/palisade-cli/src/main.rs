@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "palisade", version, about = "Palisade: every AI interaction on this machine, governed and recorded")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Palisade: every AI interaction on this machine, governed and recorded"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,14 +45,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Events(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             match rt.block_on(events::run(args, &mut out)) {
                 // `palisade events | head` closing the pipe is not an error.
-                Err(events::EventsError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                Err(events::EventsError::Output(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(())
+                }
                 other => Ok(other?),
             }
         }

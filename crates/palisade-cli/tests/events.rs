@@ -3,30 +3,65 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use palisade_core::{
-    AppRef, AuditEvent, DeviceRef, EventKind, Interaction, PolicyRef, RecordDecision, RequestCapture, ResponseCapture,
-    Usage, UserRef,
+    AppRef, AuditEvent, DeviceRef, EventKind, Interaction, PolicyRef, RecordDecision,
+    RequestCapture, ResponseCapture, Usage, UserRef,
 };
 use palisade_spool::{Spool, SpoolOptions};
 use std::path::Path;
 use std::process::{Command, Output};
 use tempfile::TempDir;
 
-fn interaction(provider: &str, model: &str, app: &str, decision: RecordDecision, prompt: &str) -> AuditEvent {
+fn interaction(
+    provider: &str,
+    model: &str,
+    app: &str,
+    decision: RecordDecision,
+    prompt: &str,
+) -> AuditEvent {
     let mut ev = AuditEvent::new(
         EventKind::Interaction,
-        DeviceRef { id: "dev-1".into(), hostname: "laptop".into(), os: "linux".into() },
-        UserRef { os_user: Some("alice".into()), email: None },
+        DeviceRef {
+            id: "dev-1".into(),
+            hostname: "laptop".into(),
+            os: "linux".into(),
+        },
+        UserRef {
+            os_user: Some("alice".into()),
+            email: None,
+        },
     );
-    ev.app = Some(AppRef { name: Some(app.into()), exe: Some(format!("/usr/bin/{app}")), pid: Some(4242), ..Default::default() });
+    ev.app = Some(AppRef {
+        name: Some(app.into()),
+        exe: Some(format!("/usr/bin/{app}")),
+        pid: Some(4242),
+        ..Default::default()
+    });
     ev.interaction = Some(Interaction {
         provider: provider.into(),
         host: format!("api.{provider}.com"),
         endpoint: "chat.completions".into(),
         model: Some(model.into()),
-        request: RequestCapture { prompt: Some(prompt.into()), method: "POST".into(), path: "/v1/x".into(), ..Default::default() },
-        response: ResponseCapture { status: Some(200), text: Some("ok".into()), ..Default::default() },
-        usage: Usage { input_tokens: Some(10), output_tokens: Some(5), ..Default::default() },
-        policy: PolicyRef { decision, rule: None, version: 1 },
+        request: RequestCapture {
+            prompt: Some(prompt.into()),
+            method: "POST".into(),
+            path: "/v1/x".into(),
+            ..Default::default()
+        },
+        response: ResponseCapture {
+            status: Some(200),
+            text: Some("ok".into()),
+            ..Default::default()
+        },
+        usage: Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            ..Default::default()
+        },
+        policy: PolicyRef {
+            decision,
+            rule: None,
+            version: 1,
+        },
         ..Default::default()
     });
     ev
@@ -45,11 +80,33 @@ impl Fixture {
         let dir = TempDir::new().unwrap();
         let t0 = Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap();
         let mut events = vec![
-            interaction("openai", "gpt-4o", "curl", RecordDecision::Allow, "summarise this report"),
-            interaction("anthropic", "claude-sonnet-4", "claude", RecordDecision::Block, "my key is AKIA..."),
-            interaction("gemini", "gemini-2.5-pro", "gemini", RecordDecision::Redact, "evil \x1b]0;pwned\x07 title"),
+            interaction(
+                "openai",
+                "gpt-4o",
+                "curl",
+                RecordDecision::Allow,
+                "summarise this report",
+            ),
+            interaction(
+                "anthropic",
+                "claude-sonnet-4",
+                "claude",
+                RecordDecision::Block,
+                "my key is AKIA...",
+            ),
+            interaction(
+                "gemini",
+                "gemini-2.5-pro",
+                "gemini",
+                RecordDecision::Redact,
+                "evil \x1b]0;pwned\x07 title",
+            ),
         ];
-        let mut discovered = AuditEvent::new(EventKind::AppDiscovered, DeviceRef::default(), UserRef::default());
+        let mut discovered = AuditEvent::new(
+            EventKind::AppDiscovered,
+            DeviceRef::default(),
+            UserRef::default(),
+        );
         discovered.details = serde_json::json!({"app": "Cursor"});
         events.push(discovered);
         for (i, ev) in events.iter_mut().enumerate() {
@@ -57,11 +114,18 @@ impl Fixture {
         }
         let rt = tokio::runtime::Runtime::new().unwrap();
         let writer = rt.block_on(async {
-            let s = Spool::open(&dir.path().join("spool.db"), SpoolOptions::default()).await.unwrap();
+            let s = Spool::open(&dir.path().join("spool.db"), SpoolOptions::default())
+                .await
+                .unwrap();
             s.append_batch(&events).await.unwrap();
             s
         });
-        Self { dir, events, _writer: writer, _rt: rt }
+        Self {
+            dir,
+            events,
+            _writer: writer,
+            _rt: rt,
+        }
     }
 
     fn spool_path(&self) -> std::path::PathBuf {
@@ -76,8 +140,16 @@ impl Fixture {
         let mut all = vec!["events", "--format", "jsonl"];
         all.extend_from_slice(args);
         let out = self.run(&all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -102,9 +174,25 @@ fn explicit_spool_path_is_used() {
     let f = Fixture::new();
     let elsewhere = TempDir::new().unwrap();
     let spool = f.spool_path();
-    let out = palisade(elsewhere.path(), &["events", "--format", "jsonl", "--spool", spool.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), f.events.len());
+    let out = palisade(
+        elsewhere.path(),
+        &[
+            "events",
+            "--format",
+            "jsonl",
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().count(),
+        f.events.len()
+    );
 }
 
 #[test]
@@ -119,7 +207,12 @@ fn filters_narrow_the_output() {
     assert_eq!(f.jsonl(&["--text", "SUMMARISE"]), vec![e[0].clone()]);
     assert_eq!(f.jsonl(&["--limit", "2"]), e[2..].to_vec());
     assert_eq!(
-        f.jsonl(&["--since", "2026-01-10T13:00:00Z", "--until", "2026-01-10T15:00:00+00:00"]),
+        f.jsonl(&[
+            "--since",
+            "2026-01-10T13:00:00Z",
+            "--until",
+            "2026-01-10T15:00:00+00:00"
+        ]),
         e[1..3].to_vec()
     );
     assert_eq!(f.jsonl(&["--since", "2026-01-11"]), vec![]);
@@ -130,22 +223,46 @@ fn filters_narrow_the_output() {
 fn relative_ages_count_back_from_now() {
     let dir = TempDir::new().unwrap();
     let now = Utc::now();
-    let mut old = interaction("openai", "gpt-4o", "curl", RecordDecision::Allow, "three days ago");
+    let mut old = interaction(
+        "openai",
+        "gpt-4o",
+        "curl",
+        RecordDecision::Allow,
+        "three days ago",
+    );
     old.time = now - Duration::days(3);
-    let mut recent = interaction("openai", "gpt-4o", "curl", RecordDecision::Allow, "a minute ago");
+    let mut recent = interaction(
+        "openai",
+        "gpt-4o",
+        "curl",
+        RecordDecision::Allow,
+        "a minute ago",
+    );
     recent.time = now - Duration::minutes(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let s = Spool::open(&dir.path().join("spool.db"), SpoolOptions::default()).await.unwrap();
-        s.append_batch(&[old.clone(), recent.clone()]).await.unwrap();
+        let s = Spool::open(&dir.path().join("spool.db"), SpoolOptions::default())
+            .await
+            .unwrap();
+        s.append_batch(&[old.clone(), recent.clone()])
+            .await
+            .unwrap();
         s.close().await;
     });
     let ids = |args: &[&str]| -> Vec<uuid::Uuid> {
         let mut all = vec!["events", "--format", "jsonl"];
         all.extend_from_slice(args);
         let out = palisade(dir.path(), &all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str::<AuditEvent>(l).unwrap().id).collect()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<AuditEvent>(l).unwrap().id)
+            .collect()
     };
     assert_eq!(ids(&["--since", "24h"]), vec![recent.id]);
     assert_eq!(ids(&["--since", "7d"]), vec![old.id, recent.id]);
@@ -165,18 +282,43 @@ fn json_is_one_array() {
 fn table_is_the_default_and_cannot_drive_the_terminal() {
     let f = Fixture::new();
     let out = f.run(&["events"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + f.events.len(), "{text}");
-    for h in ["TIME", "KIND", "USER", "APP", "PROVIDER", "MODEL", "DECISION", "TOKENS", "SUMMARY"] {
+    for h in [
+        "TIME", "KIND", "USER", "APP", "PROVIDER", "MODEL", "DECISION", "TOKENS", "SUMMARY",
+    ] {
         assert!(lines[0].contains(h), "{h} missing: {}", lines[0]);
     }
-    assert!(lines[1].starts_with("2026-01-10T12:00:00Z  interaction"), "{}", lines[1]);
-    assert!(lines[2].contains("anthropic") && lines[2].contains("block") && lines[2].contains("10/5"), "{}", lines[2]);
-    assert!(lines[4].contains("app.discovered") && lines[4].contains("Cursor"), "{}", lines[4]);
-    assert!(!text.contains('\x1b') && !text.contains('\x07'), "control characters reached the terminal");
-    assert!(lines[3].contains("evil  ]0;pwned  title") || lines[3].contains("evil ]0;pwned title"), "{}", lines[3]);
+    assert!(
+        lines[1].starts_with("2026-01-10T12:00:00Z  interaction"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("anthropic") && lines[2].contains("block") && lines[2].contains("10/5"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[4].contains("app.discovered") && lines[4].contains("Cursor"),
+        "{}",
+        lines[4]
+    );
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07'),
+        "control characters reached the terminal"
+    );
+    assert!(
+        lines[3].contains("evil  ]0;pwned  title") || lines[3].contains("evil ]0;pwned title"),
+        "{}",
+        lines[3]
+    );
 }
 
 #[test]
@@ -185,7 +327,10 @@ fn a_missing_spool_is_a_clear_error() {
     let out = palisade(empty.path(), &["events"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("no spool at") && err.contains("spool.db"), "{err}");
+    assert!(
+        err.contains("no spool at") && err.contains("spool.db"),
+        "{err}"
+    );
     assert!(err.contains("--spool"), "{err}");
     assert!(out.stdout.is_empty());
 }
@@ -193,7 +338,11 @@ fn a_missing_spool_is_a_clear_error() {
 #[test]
 fn a_file_that_is_not_a_spool_is_a_clear_error() {
     let dir = TempDir::new().unwrap();
-    std::fs::write(dir.path().join("spool.db"), b"definitely not sqlite, just some text that is long enough").unwrap();
+    std::fs::write(
+        dir.path().join("spool.db"),
+        b"definitely not sqlite, just some text that is long enough",
+    )
+    .unwrap();
     let out = palisade(dir.path(), &["events"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
@@ -205,7 +354,10 @@ fn bad_arguments_are_usage_errors() {
     let dir = TempDir::new().unwrap();
     for (args, needle) in [
         (&["events", "--format", "xml"][..], "invalid value 'xml'"),
-        (&["events", "--decision", "maybe"][..], "invalid value 'maybe'"),
+        (
+            &["events", "--decision", "maybe"][..],
+            "invalid value 'maybe'",
+        ),
         (&["events", "--since", "yesterday"][..], "expected RFC 3339"),
         (&["events", "--since", "5y"][..], "unknown unit"),
         (&["events", "--limit", "0"][..], "--limit"),

@@ -4,24 +4,45 @@
 //!
 //! `cargo run -p palisade-spool --example spool_bench [--release] [-- DIR]`
 
-use palisade_core::{AppRef, AuditEvent, DeviceRef, EventKind, Interaction, RequestCapture, ResponseCapture, UserRef};
+use palisade_core::{
+    AppRef, AuditEvent, DeviceRef, EventKind, Interaction, RequestCapture, ResponseCapture, UserRef,
+};
 use palisade_spool::{EventFilter, Spool, SpoolOptions};
 use std::time::{Duration, Instant};
 
 fn event(i: usize) -> AuditEvent {
     let mut ev = AuditEvent::new(
         EventKind::Interaction,
-        DeviceRef { id: "dev".into(), hostname: "host".into(), os: "linux".into() },
-        UserRef { os_user: Some("alice".into()), email: None },
+        DeviceRef {
+            id: "dev".into(),
+            hostname: "host".into(),
+            os: "linux".into(),
+        },
+        UserRef {
+            os_user: Some("alice".into()),
+            email: None,
+        },
     );
-    ev.app = Some(AppRef { name: Some("curl".into()), exe: Some("/usr/bin/curl".into()), pid: Some(1), ..Default::default() });
+    ev.app = Some(AppRef {
+        name: Some("curl".into()),
+        exe: Some("/usr/bin/curl".into()),
+        pid: Some(1),
+        ..Default::default()
+    });
     ev.interaction = Some(Interaction {
         provider: "openai".into(),
         host: "api.openai.com".into(),
         endpoint: "chat.completions".into(),
         model: Some("gpt-4o".into()),
-        request: RequestCapture { prompt: Some(format!("request {i}: {}", "lorem ipsum ".repeat(80))), ..Default::default() },
-        response: ResponseCapture { status: Some(200), text: Some("dolor sit amet ".repeat(60)), ..Default::default() },
+        request: RequestCapture {
+            prompt: Some(format!("request {i}: {}", "lorem ipsum ".repeat(80))),
+            ..Default::default()
+        },
+        response: ResponseCapture {
+            status: Some(200),
+            text: Some("dolor sit amet ".repeat(60)),
+            ..Default::default()
+        },
         ..Default::default()
     });
     ev
@@ -64,7 +85,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for chunk in evs.chunks(64) {
         spool.append_batch(chunk).await?;
     }
-    println!("batches of 64: {:.0} records/s", evs.len() as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "batches of 64: {:.0} records/s",
+        evs.len() as f64 / t.elapsed().as_secs_f64()
+    );
 
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -80,15 +104,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in tasks {
         t.await??;
     }
-    println!("50 tasks x 20 single appends: {:.0} records/s", 1000.0 / t.elapsed().as_secs_f64());
+    println!(
+        "50 tasks x 20 single appends: {:.0} records/s",
+        1000.0 / t.elapsed().as_secs_f64()
+    );
 
     let stats = spool.stats().await?;
     let t = Instant::now();
-    let hits = spool.query(&EventFilter { text: Some("request 12345:".into()), ..Default::default() }).await?;
-    println!("text query over {} records: {:?} ({} hit)", stats.count, t.elapsed(), hits.len());
+    let hits = spool
+        .query(&EventFilter {
+            text: Some("request 12345:".into()),
+            ..Default::default()
+        })
+        .await?;
+    println!(
+        "text query over {} records: {:?} ({} hit)",
+        stats.count,
+        t.elapsed(),
+        hits.len()
+    );
     let t = Instant::now();
-    let recent = spool.query(&EventFilter { provider: Some("openai".into()), limit: Some(50), ..Default::default() }).await?;
-    println!("newest 50 by provider: {:?} ({} rows)", t.elapsed(), recent.len());
+    let recent = spool
+        .query(&EventFilter {
+            provider: Some("openai".into()),
+            limit: Some(50),
+            ..Default::default()
+        })
+        .await?;
+    println!(
+        "newest 50 by provider: {:?} ({} rows)",
+        t.elapsed(),
+        recent.len()
+    );
 
     let t = Instant::now();
     let mut drained = 0;
@@ -100,8 +147,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ids: Vec<_> = page.iter().map(|e| e.id).collect();
         drained += spool.ack(&ids).await?;
     }
-    println!("drain via peek(500)+ack: {:.0} records/s", drained as f64 / t.elapsed().as_secs_f64());
-    println!("file after drain: {} bytes (was {} bytes)", spool.stats().await?.file_bytes, stats.file_bytes);
+    println!(
+        "drain via peek(500)+ack: {:.0} records/s",
+        drained as f64 / t.elapsed().as_secs_f64()
+    );
+    println!(
+        "file after drain: {} bytes (was {} bytes)",
+        spool.stats().await?.file_bytes,
+        stats.file_bytes
+    );
     spool.close().await;
     std::fs::remove_dir_all(&dir)?;
     Ok(())

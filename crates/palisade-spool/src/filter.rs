@@ -41,24 +41,35 @@ pub(crate) fn like_escape(s: &str) -> String {
 /// the limit pick row numbers first so bodies are read only for the rows
 /// returned, never sorted.
 pub(crate) fn build_query(f: &EventFilter) -> QueryBuilder<'static, Sqlite> {
-    let mut qb = QueryBuilder::new("SELECT seq, id, body FROM events WHERE seq IN (SELECT seq FROM events WHERE 1 = 1");
+    let mut qb = QueryBuilder::new(
+        "SELECT seq, id, body FROM events WHERE seq IN (SELECT seq FROM events WHERE 1 = 1",
+    );
     if let Some(kind) = &f.kind {
         qb.push(" AND kind = ").push_bind(kind.clone());
     }
-    for (column, value) in [("provider", &f.provider), ("model", &f.model), ("app", &f.app)] {
+    for (column, value) in [
+        ("provider", &f.provider),
+        ("model", &f.model),
+        ("app", &f.app),
+    ] {
         if let Some(v) = value {
             // `column` is one of our own literals above, never user input.
-            qb.push(format_args!(" AND {column} = ")).push_bind(v.clone()).push(" COLLATE NOCASE");
+            qb.push(format_args!(" AND {column} = "))
+                .push_bind(v.clone())
+                .push(" COLLATE NOCASE");
         }
     }
     if let Some(d) = &f.decision {
-        qb.push(" AND decision = ").push_bind(d.to_ascii_lowercase());
+        qb.push(" AND decision = ")
+            .push_bind(d.to_ascii_lowercase());
     }
     if let Some(since) = f.since {
-        qb.push(" AND time_us >= ").push_bind(since.timestamp_micros());
+        qb.push(" AND time_us >= ")
+            .push_bind(since.timestamp_micros());
     }
     if let Some(until) = f.until {
-        qb.push(" AND time_us < ").push_bind(until.timestamp_micros());
+        qb.push(" AND time_us < ")
+            .push_bind(until.timestamp_micros());
     }
     if let Some(text) = &f.text {
         let pattern = format!("%{}%", like_escape(text));
@@ -69,7 +80,8 @@ pub(crate) fn build_query(f: &EventFilter) -> QueryBuilder<'static, Sqlite> {
             .push(" ESCAPE '\\')");
     }
     if let Some(limit) = f.limit {
-        qb.push(" ORDER BY time_us DESC, seq DESC LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        qb.push(" ORDER BY time_us DESC, seq DESC LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     }
     qb.push(") ORDER BY time_us ASC, seq ASC");
     qb

@@ -25,7 +25,9 @@
 //!   `BEGIN IMMEDIATE` transaction. Readers (`peek`, `query`, `stats`) use a
 //!   separate read-only pool and never block the writer (WAL). Other
 //!   processes (the `palisade events` CLI) open with
-//!   [`Spool::open_read_only`] and cannot write.
+//!   [`Spool::open_read_only`] and cannot write. (Two writable handles on one
+//!   file stay correct, since SQLite serialises them and the counters live
+//!   in the database, but the agent should own the only one.)
 //! - **Idempotent on `id`.** `id` is `UNIQUE`; appending an id that is still
 //!   in the spool is a no-op. (An id that was already acknowledged and
 //!   deleted would be stored again; the server deduplicates on `id` too.)
@@ -36,12 +38,14 @@
 //!   (sum of each row's JSON size plus [`ROW_OVERHEAD_BYTES`]). When an
 //!   append would exceed it, the oldest rows are deleted, down to
 //!   [`LOW_WATER_PERCENT`] of the cap so a full spool does not drop on every
-//!   append; the number of audit records among them is added to the
-//!   persistent `dropped_total` counter, and a `spool.dropped` record (`details: {dropped, reason, dropped_total,
-//!   max_bytes}`) is appended in the same transaction, so the loss itself is
-//!   reported upstream. An older `spool.dropped` record may itself be dropped
-//!   later; it is not counted, since the newer one's cumulative
-//!   `dropped_total` supersedes it. A single batch larger than the cap is refused with
+//!   append. The number of audit records among them is added to the
+//!   persistent `dropped_total` counter, and a `spool.dropped` record
+//!   (`details: {dropped, reason, dropped_total, max_bytes}`, envelope taken
+//!   from the record being appended) is written in the same transaction, so
+//!   the loss itself is reported upstream. An older `spool.dropped` record
+//!   may itself be dropped later; it is not counted, since the newer one's
+//!   cumulative `dropped_total` supersedes it. The records being appended
+//!   are never the ones dropped; a batch larger than the cap is refused with
 //!   [`SpoolError::TooLarge`].
 //! - **Rows that no longer decode** (an incompatible upgrade, a damaged
 //!   page) never block the uploader: `peek` moves them verbatim to a
@@ -65,11 +69,15 @@ pub mod schema;
 mod tests;
 
 pub use filter::EventFilter;
-pub use paths::{data_dir_from, default_data_dir, default_spool_path, DATA_DIR_ENV, SPOOL_FILE_NAME, SYSTEM_DATA_DIR};
+pub use paths::{
+    data_dir_from, default_data_dir, default_spool_path, DATA_DIR_ENV, SPOOL_FILE_NAME,
+    SYSTEM_DATA_DIR,
+};
 
 use palisade_core::{AuditEvent, DeviceRef, EventKind, UserRef};
 use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::path::{Path, PathBuf};
@@ -112,7 +120,9 @@ pub struct SpoolOptions {
 
 impl Default for SpoolOptions {
     fn default() -> Self {
-        Self { max_bytes: DEFAULT_MAX_BYTES }
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
     }
 }
 
@@ -148,9 +158,19 @@ pub enum SpoolError {
     #[error("spool {path} is not a palisade spool (no schema found)")]
     NotASpool { path: PathBuf },
     #[error("spool {path} has schema version {found}, newer than the {supported} this build understands")]
-    SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
-    #[error("spool {path} has schema version {found}; open it writable once to migrate to {supported}")]
-    SchemaTooOld { path: PathBuf, found: i64, supported: i64 },
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "spool {path} has schema version {found}; open it writable once to migrate to {supported}"
+    )]
+    SchemaTooOld {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("spool was opened read-only")]
     ReadOnly,
     #[error("records of {bytes} bytes cannot fit in a spool capped at {max_bytes} bytes")]
@@ -230,7 +250,8 @@ struct EncodedRow {
 
 impl EncodedRow {
     fn encode(ev: &AuditEvent) -> Result<Self, SpoolError> {
-        let body = serde_json::to_string(ev).map_err(|source| SpoolError::Encode { id: ev.id, source })?;
+        let body =
+            serde_json::to_string(ev).map_err(|source| SpoolError::Encode { id: ev.id, source })?;
         let ix = ev.interaction.as_ref();
         Ok(Self {
             id: ev.id.to_string(),
@@ -306,9 +327,16 @@ impl Spool {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound { path: path.to_path_buf() })
+                return Err(SpoolError::NotFound {
+                    path: path.to_path_buf(),
+                })
             }
-            Err(source) => return Err(SpoolError::Io { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(SpoolError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -346,16 +374,28 @@ impl Spool {
     /// Store several records in one transaction: all or none.
     pub async fn append_batch(&self, evs: &[AuditEvent]) -> Result<(), SpoolError> {
         let writer = self.inner.writer.as_ref().ok_or(SpoolError::ReadOnly)?;
-        let Some(first) = evs.first() else { return Ok(()) };
-        let rows = evs.iter().map(EncodedRow::encode).collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = evs.first() else {
+            return Ok(());
+        };
+        let rows = evs
+            .iter()
+            .map(EncodedRow::encode)
+            .collect::<Result<Vec<_>, _>>()?;
         let max_bytes = self.inner.max_bytes;
         let incoming: u64 = rows.iter().map(EncodedRow::size).sum();
-        let marker_reserve = EncodedRow::encode(&drop_marker(first, u64::MAX, u64::MAX, max_bytes))?.size();
+        let marker_reserve =
+            EncodedRow::encode(&drop_marker(first, u64::MAX, u64::MAX, max_bytes))?.size();
         if incoming + marker_reserve > max_bytes {
-            return Err(SpoolError::TooLarge { bytes: incoming, max_bytes });
+            return Err(SpoolError::TooLarge {
+                bytes: incoming,
+                max_bytes,
+            });
         }
 
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(sql("begin append"))?;
+        let mut tx = writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(sql("begin append"))?;
         let mut first_new_seq = None;
         for row in &rows {
             let res = insert_row(&mut tx, row).await?;
@@ -366,7 +406,15 @@ impl Spool {
         if let Some(first_new_seq) = first_new_seq {
             let bytes = meta_value(&mut tx, "bytes").await?;
             if bytes > max_bytes {
-                make_room(&mut tx, first, first_new_seq, bytes, max_bytes, marker_reserve).await?;
+                make_room(
+                    &mut tx,
+                    first,
+                    first_new_seq,
+                    bytes,
+                    max_bytes,
+                    marker_reserve,
+                )
+                .await?;
             }
         }
         tx.commit().await.map_err(sql("commit append"))?;
@@ -402,7 +450,10 @@ impl Spool {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(sql("begin ack"))?;
+        let mut tx = writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(sql("begin ack"))?;
         let mut deleted = 0;
         for chunk in ids.chunks(MAX_BINDS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM events WHERE id IN (");
@@ -411,7 +462,12 @@ impl Spool {
                 list.push_bind(id.to_string());
             }
             qb.push(")");
-            deleted += qb.build().execute(&mut *tx).await.map_err(sql("ack"))?.rows_affected();
+            deleted += qb
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("ack"))?
+                .rows_affected();
         }
         tx.commit().await.map_err(sql("commit ack"))?;
         if deleted > 0 {
@@ -425,7 +481,11 @@ impl Spool {
     /// Rows that no longer decode are skipped with a warning naming them.
     pub async fn query(&self, f: &EventFilter) -> Result<Vec<AuditEvent>, SpoolError> {
         let mut qb = filter::build_query(f);
-        let rows = qb.build().fetch_all(&self.inner.reader).await.map_err(sql("query"))?;
+        let rows = qb
+            .build()
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(sql("query"))?;
         let (events, bad) = decode_rows(&rows)?;
         warn_skipped(&bad);
         Ok(events)
@@ -475,7 +535,10 @@ async fn read_pool(opts: SqliteConnectOptions) -> Result<SqlitePool, SpoolError>
 /// Create the parent directory (0700) and the database file (0600); tighten
 /// an existing file that other users could read.
 fn prepare_files(path: &Path) -> Result<(), SpoolError> {
-    let io = |source| SpoolError::Io { path: path.to_path_buf(), source };
+    let io = |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true);
@@ -494,7 +557,8 @@ fn prepare_files(path: &Path) -> Result<(), SpoolError> {
         let mode = file.metadata().map_err(io)?.permissions().mode();
         if mode & 0o077 != 0 {
             warn!(path = %path.display(), mode = format_args!("{:o}", mode & 0o777), "Spool file was readable by others; setting 0600");
-            file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
         }
     }
     drop(file);
@@ -513,7 +577,9 @@ struct BadRow {
 }
 
 /// Decode `seq, id, body` rows, separating the ones that no longer decode.
-fn decode_rows(rows: &[sqlx::sqlite::SqliteRow]) -> Result<(Vec<AuditEvent>, Vec<BadRow>), SpoolError> {
+fn decode_rows(
+    rows: &[sqlx::sqlite::SqliteRow],
+) -> Result<(Vec<AuditEvent>, Vec<BadRow>), SpoolError> {
     let mut events = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     for row in rows {
@@ -522,7 +588,11 @@ fn decode_rows(rows: &[sqlx::sqlite::SqliteRow]) -> Result<(Vec<AuditEvent>, Vec
         let body: String = row.try_get("body").map_err(sql("read row"))?;
         match serde_json::from_str(&body) {
             Ok(ev) => events.push(ev),
-            Err(e) => bad.push(BadRow { seq, id, error: e.to_string() }),
+            Err(e) => bad.push(BadRow {
+                seq,
+                id,
+                error: e.to_string(),
+            }),
         }
     }
     Ok((events, bad))
@@ -545,7 +615,10 @@ async fn quarantine(writer: &SqlitePool, bad: &[BadRow]) -> Result<(), SpoolErro
         #[serde(default)]
         user: UserRef,
     }
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(sql("begin quarantine"))?;
+    let mut tx = writer
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(sql("begin quarantine"))?;
     let now_us = chrono::Utc::now().timestamp_micros();
     for b in bad {
         let body: Option<String> = sqlx::query_scalar("SELECT body FROM events WHERE seq = ?")
@@ -554,23 +627,34 @@ async fn quarantine(writer: &SqlitePool, bad: &[BadRow]) -> Result<(), SpoolErro
             .await
             .map_err(sql("quarantine"))?;
         let Some(body) = body else { continue }; // acknowledged meanwhile
-        sqlx::query("INSERT INTO rejected (seq, id, rejected_at_us, error, body) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query(
+            "INSERT INTO rejected (seq, id, rejected_at_us, error, body) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(b.seq)
+        .bind(&b.id)
+        .bind(now_us)
+        .bind(&b.error)
+        .bind(&body)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("quarantine"))?;
+        sqlx::query("DELETE FROM events WHERE seq = ?")
             .bind(b.seq)
-            .bind(&b.id)
-            .bind(now_us)
-            .bind(&b.error)
-            .bind(&body)
             .execute(&mut *tx)
             .await
             .map_err(sql("quarantine"))?;
-        sqlx::query("DELETE FROM events WHERE seq = ?").bind(b.seq).execute(&mut *tx).await.map_err(sql("quarantine"))?;
         sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'rejected_total'")
             .execute(&mut *tx)
             .await
             .map_err(sql("quarantine"))?;
         let env: Envelope = serde_json::from_str(&body).unwrap_or_default();
-        let mut marker = AuditEvent::new(EventKind::from(REJECTED_KIND.to_string()), env.device, env.user);
-        marker.details = serde_json::json!({ "id": b.id, "error": b.error, "reason": "undecodable" });
+        let mut marker = AuditEvent::new(
+            EventKind::from(REJECTED_KIND.to_string()),
+            env.device,
+            env.user,
+        );
+        marker.details =
+            serde_json::json!({ "id": b.id, "error": b.error, "reason": "undecodable" });
         insert_row(&mut tx, &EncodedRow::encode(&marker)?).await?;
         warn!(id = %b.id, error = %b.error, "Quarantined spool record that cannot be decoded");
     }
@@ -578,8 +662,14 @@ async fn quarantine(writer: &SqlitePool, bad: &[BadRow]) -> Result<(), SpoolErro
 }
 
 async fn page_stats(pool: &SqlitePool) -> Result<(i64, i64), SpoolError> {
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(pool).await.map_err(sql("page count"))?;
-    let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(pool).await.map_err(sql("page size"))?;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(pool)
+        .await
+        .map_err(sql("page count"))?;
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(pool)
+        .await
+        .map_err(sql("page size"))?;
     Ok((pages, size))
 }
 
@@ -587,10 +677,16 @@ async fn page_stats(pool: &SqlitePool) -> Result<(i64, i64), SpoolError> {
 /// the uploader drained a backlog). Needs `auto_vacuum = INCREMENTAL`, which
 /// only files created by this crate have; elsewhere it is a no-op.
 async fn reclaim_space(writer: &SqlitePool) -> Result<(), SpoolError> {
-    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(writer).await.map_err(sql("freelist"))?;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(writer)
+        .await
+        .map_err(sql("freelist"))?;
     let (pages, _) = page_stats(writer).await?;
     if free >= VACUUM_MIN_FREE_PAGES && free.saturating_mul(4) >= pages {
-        sqlx::raw_sql("PRAGMA incremental_vacuum").execute(writer).await.map_err(sql("incremental vacuum"))?;
+        sqlx::raw_sql("PRAGMA incremental_vacuum")
+            .execute(writer)
+            .await
+            .map_err(sql("incremental vacuum"))?;
         debug!(freed_pages = free, "Spool gave free pages back");
     }
     Ok(())
@@ -629,7 +725,11 @@ async fn meta_value(tx: &mut sqlx::SqliteConnection, key: &'static str) -> Resul
 
 /// The `spool.dropped` record reporting `dropped` records lost to the cap.
 fn drop_marker(like: &AuditEvent, dropped: u64, dropped_total: u64, max_bytes: u64) -> AuditEvent {
-    let mut ev = AuditEvent::new(EventKind::SpoolDropped, like.device.clone(), like.user.clone());
+    let mut ev = AuditEvent::new(
+        EventKind::SpoolDropped,
+        like.device.clone(),
+        like.user.clone(),
+    );
     ev.details = serde_json::json!({
         "dropped": dropped,
         "reason": DROP_REASON_SIZE_CAP,
@@ -656,12 +756,14 @@ async fn make_room(
     let mut cutoff = None;
     let mut after = i64::MIN;
     'scan: while freed < need {
-        let page = sqlx::query("SELECT seq, size FROM events WHERE seq > ? AND seq < ? ORDER BY seq LIMIT 256")
-            .bind(after)
-            .bind(first_new_seq)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql("scan oldest"))?;
+        let page = sqlx::query(
+            "SELECT seq, size FROM events WHERE seq > ? AND seq < ? ORDER BY seq LIMIT 256",
+        )
+        .bind(after)
+        .bind(first_new_seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql("scan oldest"))?;
         if page.is_empty() {
             break;
         }
@@ -679,12 +781,13 @@ async fn make_room(
     let Some(cutoff) = cutoff else { return Ok(()) };
     // Older markers dropped in turn are not audit records lost: the new
     // marker's cumulative `dropped_total` supersedes them.
-    let markers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE seq <= ? AND kind = ?")
-        .bind(cutoff)
-        .bind(EventKind::SpoolDropped.as_str())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("count old markers"))?;
+    let markers: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE seq <= ? AND kind = ?")
+            .bind(cutoff)
+            .bind(EventKind::SpoolDropped.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("count old markers"))?;
     let deleted = sqlx::query("DELETE FROM events WHERE seq <= ?")
         .bind(cutoff)
         .execute(&mut *tx)
@@ -700,6 +803,9 @@ async fn make_room(
     let dropped_total = meta_value(tx, "dropped_total").await?;
     let marker = drop_marker(like, dropped, dropped_total, max_bytes);
     insert_row(tx, &EncodedRow::encode(&marker)?).await?;
-    warn!(dropped, dropped_total, max_bytes, "Spool full: dropped oldest records");
+    warn!(
+        dropped,
+        dropped_total, max_bytes, "Spool full: dropped oldest records"
+    );
     Ok(())
 }

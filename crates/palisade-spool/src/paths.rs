@@ -47,7 +47,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let m: HashMap<String, OsString> = pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let m: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -61,12 +64,18 @@ mod tests {
 
     #[test]
     fn platform_defaults() {
-        assert_eq!(data_dir_from(env(&[("HOME", "/home/a")]), "linux"), PathBuf::from("/home/a/.local/share/palisade/agent"));
+        assert_eq!(
+            data_dir_from(env(&[("HOME", "/home/a")]), "linux"),
+            PathBuf::from("/home/a/.local/share/palisade/agent")
+        );
         assert_eq!(
             data_dir_from(env(&[("HOME", "/Users/a")]), "macos"),
             PathBuf::from("/Users/a/Library/Application Support/Palisade/agent")
         );
-        assert_eq!(data_dir_from(env(&[]), "linux"), PathBuf::from(SYSTEM_DATA_DIR));
+        assert_eq!(
+            data_dir_from(env(&[]), "linux"),
+            PathBuf::from(SYSTEM_DATA_DIR)
+        );
     }
 
     #[test]

@@ -68,15 +68,25 @@ async fn user_version(conn: &mut sqlx::SqliteConnection) -> Result<i64, SpoolErr
 /// Bring the database up to [`CURRENT_VERSION`], one transaction per step.
 pub(crate) async fn migrate(writer: &SqlitePool, path: &Path) -> Result<(), SpoolError> {
     loop {
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(sql("begin migration"))?;
+        let mut tx = writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(sql("begin migration"))?;
         let found = user_version(&mut tx).await?;
         if found > CURRENT_VERSION {
-            return Err(SpoolError::SchemaTooNew { path: path.to_path_buf(), found, supported: CURRENT_VERSION });
+            return Err(SpoolError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: CURRENT_VERSION,
+            });
         }
         let Some(step) = usize::try_from(found).ok().and_then(|i| MIGRATIONS.get(i)) else {
             return Ok(());
         };
-        sqlx::raw_sql(step).execute(&mut *tx).await.map_err(sql("migrate"))?;
+        sqlx::raw_sql(step)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("migrate"))?;
         // user_version takes no bound parameters; the value is our own integer.
         sqlx::raw_sql(&format!("PRAGMA user_version = {}", found + 1))
             .execute(&mut *tx)
@@ -94,8 +104,16 @@ pub(crate) async fn check_readable(reader: &SqlitePool, path: &Path) -> Result<(
     let path = path.to_path_buf();
     match found {
         0 => Err(SpoolError::NotASpool { path }),
-        v if v > CURRENT_VERSION => Err(SpoolError::SchemaTooNew { path, found, supported: CURRENT_VERSION }),
-        v if v < CURRENT_VERSION => Err(SpoolError::SchemaTooOld { path, found, supported: CURRENT_VERSION }),
+        v if v > CURRENT_VERSION => Err(SpoolError::SchemaTooNew {
+            path,
+            found,
+            supported: CURRENT_VERSION,
+        }),
+        v if v < CURRENT_VERSION => Err(SpoolError::SchemaTooOld {
+            path,
+            found,
+            supported: CURRENT_VERSION,
+        }),
         _ => Ok(()),
     }
 }

@@ -55,7 +55,11 @@ pub enum AttributionError {
         source: std::io::Error,
     },
     #[error("{path} line {line}: {reason}")]
-    Parse { path: PathBuf, line: usize, reason: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("attribution lookup did not complete: {0}")]
     Interrupted(String),
 }
@@ -100,7 +104,10 @@ pub fn app_ref(result: &Result<ProcessInfo, AttributionError>) -> AppRef {
             pid: Some(p.pid),
             ..Default::default()
         },
-        Err(e) => AppRef { unknown_reason: Some(e.to_string()), ..Default::default() },
+        Err(e) => AppRef {
+            unknown_reason: Some(e.to_string()),
+            ..Default::default()
+        },
     }
 }
 

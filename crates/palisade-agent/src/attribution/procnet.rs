@@ -7,9 +7,9 @@
 //! the kernel or a fixture hands it.
 
 use super::{canonical, user_name_for_uid, AttributionError, Attributor, ProcessInfo};
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tracing::debug;
@@ -53,16 +53,26 @@ impl Default for ProcNetAttributor {
 
 impl ProcNetAttributor {
     pub fn new() -> Self {
-        Self { netlink: cfg!(target_os = "linux"), ..Self::with_root(PROC_ROOT) }
+        Self {
+            netlink: cfg!(target_os = "linux"),
+            ..Self::with_root(PROC_ROOT)
+        }
     }
 
     /// Read procfs from `root` instead of `/proc` (fixtures, containers).
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), netlink: false, recent: Mutex::new(VecDeque::with_capacity(RECENT_PIDS)) }
+        Self {
+            root: root.into(),
+            netlink: false,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_PIDS)),
+        }
     }
 
     fn recent_pids(&self) -> Vec<u32> {
-        self.recent.lock().map(|r| r.iter().copied().collect()).unwrap_or_default()
+        self.recent
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     fn remember(&self, pid: u32) {
@@ -74,15 +84,30 @@ impl ProcNetAttributor {
     }
 
     /// The socket whose local end is `peer` and remote end is `local`.
-    fn find_socket(&self, peer: SocketAddr, local: SocketAddr) -> Result<SocketEntry, AttributionError> {
+    fn find_socket(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<SocketEntry, AttributionError> {
         let (want_local, want_remote) = (canonical(peer), canonical(local));
         #[cfg(target_os = "linux")]
         if self.netlink {
             use super::sockdiag::{self, DiagError};
             match sockdiag::lookup(want_local, want_remote) {
-                Ok(e) => return Ok(SocketEntry { local: peer, remote: local, uid: e.uid, inode: e.inode }),
-                Err(DiagError::NotFound) => return Err(AttributionError::SocketNotFound { peer, local }),
-                Err(DiagError::Unavailable(why)) => debug!(why, "sock_diag unavailable; reading /proc/net/tcp"),
+                Ok(e) => {
+                    return Ok(SocketEntry {
+                        local: peer,
+                        remote: local,
+                        uid: e.uid,
+                        inode: e.inode,
+                    })
+                }
+                Err(DiagError::NotFound) => {
+                    return Err(AttributionError::SocketNotFound { peer, local })
+                }
+                Err(DiagError::Unavailable(why)) => {
+                    debug!(why, "sock_diag unavailable; reading /proc/net/tcp")
+                }
             }
         }
         let mut read_any = false;
@@ -131,7 +156,10 @@ impl ProcNetAttributor {
             .filter(|(_, pid)| !recent.contains(pid))
             .collect();
         pids.sort_unstable();
-        let pid = pids.into_iter().map(|(_, pid)| pid).find(|pid| self.holds(*pid, &target))?;
+        let pid = pids
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .find(|pid| self.holds(*pid, &target))?;
         self.remember(pid);
         Some(pid)
     }
@@ -140,8 +168,9 @@ impl ProcNetAttributor {
         let Ok(fds) = std::fs::read_dir(self.root.join(pid.to_string()).join("fd")) else {
             return false; // gone, or another user's process
         };
-        fds.filter_map(Result::ok)
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == OsStr::new(target)))
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == OsStr::new(target))
+        })
     }
 
     fn describe(&self, pid: u32, uid: u32) -> ProcessInfo {
@@ -149,8 +178,16 @@ impl ProcNetAttributor {
         let name = std::fs::read_to_string(dir.join("comm"))
             .map(|c| c.trim_end_matches('\n').to_string())
             .unwrap_or_default();
-        let exe = std::fs::read_link(dir.join("exe")).ok().map(|p| strip_deleted(&p));
-        ProcessInfo { pid, name, exe, uid: Some(uid), user: user_name_for_uid(uid) }
+        let exe = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .map(|p| strip_deleted(&p));
+        ProcessInfo {
+            pid,
+            name,
+            exe,
+            uid: Some(uid),
+            user: user_name_for_uid(uid),
+        }
     }
 }
 
@@ -161,9 +198,12 @@ impl Attributor for ProcNetAttributor {
             // Orphaned / TIME_WAIT sockets have no inode and no process.
             return Err(AttributionError::OwnerNotFound { peer, inode: 0 });
         }
-        let pid = self
-            .find_owner(entry.inode, entry.uid)
-            .ok_or(AttributionError::OwnerNotFound { peer, inode: entry.inode })?;
+        let pid =
+            self.find_owner(entry.inode, entry.uid)
+                .ok_or(AttributionError::OwnerNotFound {
+                    peer,
+                    inode: entry.inode,
+                })?;
         let info = self.describe(pid, entry.uid);
         debug!(%peer, pid, name = %info.name, "Attributed connection");
         Ok(info)
@@ -196,7 +236,11 @@ pub(crate) fn parse_table(path: &Path, text: &str) -> Result<Vec<SocketEntry>, A
         .skip(1)
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            parse_line(l).map_err(|reason| AttributionError::Parse { path: path.to_path_buf(), line: i + 1, reason })
+            parse_line(l).map_err(|reason| AttributionError::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason,
+            })
         })
         .collect()
 }
@@ -211,19 +255,30 @@ pub(crate) fn parse_line(line: &str) -> Result<SocketEntry, String> {
     let remote = parse_addr(f[2])?;
     let uid = f[7].parse().map_err(|_| format!("bad uid {:?}", f[7]))?;
     let inode = f[9].parse().map_err(|_| format!("bad inode {:?}", f[9]))?;
-    Ok(SocketEntry { local, remote, uid, inode })
+    Ok(SocketEntry {
+        local,
+        remote,
+        uid,
+        inode,
+    })
 }
 
 /// Parse `HEXIP:HEXPORT`. The address is the kernel's network-order bytes
 /// printed as host-order 32-bit words (so little-endian on x86); the port is
 /// a plain host-order number.
 pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    let (ip, port) = s.split_once(':').ok_or_else(|| format!("address {s:?} has no ':'"))?;
+    let (ip, port) = s
+        .split_once(':')
+        .ok_or_else(|| format!("address {s:?} has no ':'"))?;
     let port = u16::from_str_radix(port, 16).map_err(|_| format!("bad port in {s:?}"))?;
     if !ip.is_ascii() {
         return Err(format!("address {s:?} is not hex"));
     }
-    let word = |w: &str| u32::from_str_radix(w, 16).map(u32::to_ne_bytes).map_err(|_| format!("bad address {s:?}"));
+    let word = |w: &str| {
+        u32::from_str_radix(w, 16)
+            .map(u32::to_ne_bytes)
+            .map_err(|_| format!("bad address {s:?}"))
+    };
     let ip: IpAddr = match ip.len() {
         8 => Ipv4Addr::from(word(ip)?).into(),
         32 => {
@@ -233,7 +288,11 @@ pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
             }
             Ipv6Addr::from(bytes).into()
         }
-        n => return Err(format!("address {s:?} has {n} hex digits, expected 8 or 32")),
+        n => {
+            return Err(format!(
+                "address {s:?} has {n} hex digits, expected 8 or 32"
+            ))
+        }
     };
     Ok(SocketAddr::new(ip, port))
 }

@@ -43,11 +43,16 @@ pub(crate) enum DiagError {
 /// Ask the kernel for the TCP socket whose local end is `src` and remote end
 /// is `dst` (both already canonical: IPv4-mapped addresses as IPv4).
 pub(crate) fn lookup(src: SocketAddr, dst: SocketAddr) -> Result<DiagEntry, DiagError> {
-    let request = encode_request(src, dst).ok_or_else(|| DiagError::Unavailable("mixed address families".into()))?;
-    let mut sock = open_socket().map_err(|e| DiagError::Unavailable(format!("netlink socket: {e}")))?;
-    sock.write_all(&request).map_err(|e| DiagError::Unavailable(format!("netlink send: {e}")))?;
+    let request = encode_request(src, dst)
+        .ok_or_else(|| DiagError::Unavailable("mixed address families".into()))?;
+    let mut sock =
+        open_socket().map_err(|e| DiagError::Unavailable(format!("netlink socket: {e}")))?;
+    sock.write_all(&request)
+        .map_err(|e| DiagError::Unavailable(format!("netlink send: {e}")))?;
     let mut buf = [0u8; 1024];
-    let n = sock.read(&mut buf).map_err(|e| DiagError::Unavailable(format!("netlink receive: {e}")))?;
+    let n = sock
+        .read(&mut buf)
+        .map_err(|e| DiagError::Unavailable(format!("netlink receive: {e}")))?;
     let entry = decode_reply(&buf[..n])?;
     // For a tuple with no connected socket the kernel falls back to a
     // listener on the same local port; that is not the connection asked for.
@@ -63,7 +68,11 @@ fn open_socket() -> std::io::Result<std::fs::File> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: socket(2) takes plain integers and returns a new descriptor or -1.
     let fd = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, NETLINK_SOCK_DIAG)
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            NETLINK_SOCK_DIAG,
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -107,14 +116,18 @@ pub(crate) fn encode_request(src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Decode the kernel's answer: an `inet_diag_msg` or an `NLMSG_ERROR`.
 pub(crate) fn decode_reply(b: &[u8]) -> Result<DiagEntry, DiagError> {
     let bad = |why: &str| DiagError::Unavailable(format!("unexpected sock_diag reply: {why}"));
     let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
-    let kind = b.get(4..6).map(|s| u16::from_ne_bytes([s[0], s[1]])).ok_or_else(|| bad("short header"))?;
+    let kind = b
+        .get(4..6)
+        .map(|s| u16::from_ne_bytes([s[0], s[1]]))
+        .ok_or_else(|| bad("short header"))?;
     if len > b.len() || len < NLMSG_HDR_LEN {
         return Err(bad("length out of range"));
     }
@@ -125,7 +138,10 @@ pub(crate) fn decode_reply(b: &[u8]) -> Result<DiagEntry, DiagError> {
             if errno == -libc::ENOENT {
                 Err(DiagError::NotFound)
             } else {
-                Err(DiagError::Unavailable(format!("sock_diag error {}", std::io::Error::from_raw_os_error(-errno))))
+                Err(DiagError::Unavailable(format!(
+                    "sock_diag error {}",
+                    std::io::Error::from_raw_os_error(-errno)
+                )))
             }
         }
         SOCK_DIAG_BY_FAMILY if payload.len() >= INET_DIAG_MSG_LEN => Ok(DiagEntry {
@@ -134,7 +150,10 @@ pub(crate) fn decode_reply(b: &[u8]) -> Result<DiagEntry, DiagError> {
             uid: u32_at(payload, 64).ok_or_else(|| bad("short message"))?,
             inode: u64::from(u32_at(payload, 68).ok_or_else(|| bad("short message"))?),
         }),
-        other => Err(bad(&format!("message type {other}, {} bytes", payload.len()))),
+        other => Err(bad(&format!(
+            "message type {other}, {} bytes",
+            payload.len()
+        ))),
     }
 }
 
@@ -144,7 +163,11 @@ mod tests {
 
     #[test]
     fn request_layout_matches_the_kernel_abi() {
-        let m = encode_request("127.0.0.1:50000".parse().unwrap(), "127.0.0.1:8080".parse().unwrap()).unwrap();
+        let m = encode_request(
+            "127.0.0.1:50000".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(m.len(), 72);
         assert_eq!(u32_at(&m, 0), Some(72));
         assert_eq!(m[16], AF_INET);
@@ -156,7 +179,9 @@ mod tests {
         let v6 = encode_request("[::1]:1".parse().unwrap(), "[::1]:2".parse().unwrap()).unwrap();
         assert_eq!(v6[16], AF_INET6);
         assert_eq!(v6[43], 1);
-        assert!(encode_request("127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()).is_none());
+        assert!(
+            encode_request("127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()).is_none()
+        );
     }
 
     #[test]
@@ -177,10 +202,21 @@ mod tests {
         msg[16 + 64..16 + 68].copy_from_slice(&1000u32.to_ne_bytes());
         msg[16 + 68..16 + 72].copy_from_slice(&424242u32.to_ne_bytes());
         let e = decode_reply(&msg).ok().unwrap();
-        assert_eq!(e, DiagEntry { sport: 50000, dport: 8080, uid: 1000, inode: 424242 });
+        assert_eq!(
+            e,
+            DiagEntry {
+                sport: 50000,
+                dport: 8080,
+                uid: 1000,
+                inode: 424242
+            }
+        );
 
         for junk in [&[][..], &[1, 2, 3][..], &msg[..40], &[255u8; 20][..]] {
-            assert!(matches!(decode_reply(junk), Err(DiagError::Unavailable(_))), "{junk:?}");
+            assert!(
+                matches!(decode_reply(junk), Err(DiagError::Unavailable(_))),
+                "{junk:?}"
+            );
         }
     }
 
@@ -203,7 +239,13 @@ mod tests {
         assert_eq!(link.to_str().unwrap(), format!("socket:[{}]", e.inode));
         // No connection from the listener's port to port 1: the kernel would
         // fall back to the listener itself, which must not count.
-        assert!(matches!(lookup(local, "127.0.0.1:1".parse().unwrap()), Err(DiagError::NotFound)));
-        assert!(matches!(lookup("127.0.0.1:1".parse().unwrap(), local), Err(DiagError::NotFound)));
+        assert!(matches!(
+            lookup(local, "127.0.0.1:1".parse().unwrap()),
+            Err(DiagError::NotFound)
+        ));
+        assert!(matches!(
+            lookup("127.0.0.1:1".parse().unwrap(), local),
+            Err(DiagError::NotFound)
+        ));
     }
 }

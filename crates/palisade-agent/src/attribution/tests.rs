@@ -33,7 +33,10 @@ fn parses_ipv4_table() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0].local, sa("127.0.0.1:8080"));
     assert_eq!(rows[0].remote, sa("0.0.0.0:0"));
-    assert_eq!((rows[1].local, rows[1].remote), (sa("127.0.0.1:50000"), sa("127.0.0.1:8080")));
+    assert_eq!(
+        (rows[1].local, rows[1].remote),
+        (sa("127.0.0.1:50000"), sa("127.0.0.1:8080"))
+    );
     assert_eq!((rows[1].uid, rows[1].inode), (1000, 5555));
     assert_eq!(rows[3].inode, 0, "TIME_WAIT rows have no inode");
 }
@@ -43,23 +46,37 @@ fn parses_ipv4_table() {
 fn parses_ipv6_table_including_mapped_addresses() {
     let rows = parse_table(Path::new("tcp6"), TCP6_FIXTURE).unwrap();
     assert_eq!(rows[0].local, sa("[::1]:8081"));
-    assert_eq!((rows[1].local, rows[1].remote), (sa("[::1]:54321"), sa("[::1]:8081")));
+    assert_eq!(
+        (rows[1].local, rows[1].remote),
+        (sa("[::1]:54321"), sa("[::1]:8081"))
+    );
     assert_eq!(rows[2].local, sa("[::ffff:127.0.0.1]:54322"));
     assert_eq!(rows[3].local, sa("[2001:db8::ab]:443"));
 }
 
 #[test]
 fn bad_rows_get_clear_errors() {
-    assert!(parse_line("0: 0100007F:1F90").unwrap_err().contains("at least 10 fields"));
+    assert!(parse_line("0: 0100007F:1F90")
+        .unwrap_err()
+        .contains("at least 10 fields"));
     let bad_uid = "0: 0100007F:1F90 00000000:0000 0A 0:0 00:0 0 alice 0 1";
     assert!(parse_line(bad_uid).unwrap_err().contains("bad uid"));
     let bad_inode = "0: 0100007F:1F90 00000000:0000 0A 0:0 00:0 0 0 0 x";
     assert!(parse_line(bad_inode).unwrap_err().contains("bad inode"));
     assert!(parse_addr("0100007F").unwrap_err().contains("no ':'"));
-    assert!(parse_addr("0100007F:XYZW").unwrap_err().contains("bad port"));
-    assert!(parse_addr("0100007G:0050").unwrap_err().contains("bad address"));
-    assert!(parse_addr("01007F:0050").unwrap_err().contains("6 hex digits"));
-    assert!(parse_addr("ééééé\u{e9}:0050").is_err(), "non-ASCII must not panic");
+    assert!(parse_addr("0100007F:XYZW")
+        .unwrap_err()
+        .contains("bad port"));
+    assert!(parse_addr("0100007G:0050")
+        .unwrap_err()
+        .contains("bad address"));
+    assert!(parse_addr("01007F:0050")
+        .unwrap_err()
+        .contains("6 hex digits"));
+    assert!(
+        parse_addr("ééééé\u{e9}:0050").is_err(),
+        "non-ASCII must not panic"
+    );
     assert!(parse_addr("0000000000000000000000000100000é:0050").is_err());
 
     let e = parse_table(Path::new("/proc/net/tcp"), "header\n 0: garbage\n").unwrap_err();
@@ -106,14 +123,31 @@ impl FakeProc {
 #[test]
 fn finds_the_process_holding_the_client_socket_in_a_fixture() {
     let fake = FakeProc::new(TCP_FIXTURE, Some(TCP6_FIXTURE));
-    fake.process(10, "proxy", "/usr/bin/palisade-agent", &["socket:[6666]", "socket:[1111]"]);
-    fake.process(20, "curl", "/usr/bin/curl (deleted)", &["/dev/null", "pipe:[9]", "socket:[5555]"]);
-    fake.process(30, "codex", "/opt/codex/bin/codex", &["socket:[7777]", "socket:[8888]"]);
+    fake.process(
+        10,
+        "proxy",
+        "/usr/bin/palisade-agent",
+        &["socket:[6666]", "socket:[1111]"],
+    );
+    fake.process(
+        20,
+        "curl",
+        "/usr/bin/curl (deleted)",
+        &["/dev/null", "pipe:[9]", "socket:[5555]"],
+    );
+    fake.process(
+        30,
+        "codex",
+        "/opt/codex/bin/codex",
+        &["socket:[7777]", "socket:[8888]"],
+    );
     let a = fake.attributor();
 
     // The client's socket (pid 20), not its mirror image, the proxy's
     // accepted socket (pid 10).
-    let p = a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap();
+    let p = a
+        .lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080"))
+        .unwrap();
     assert_eq!((p.pid, p.name.as_str()), (20, "curl"));
     assert_eq!(p.exe.as_deref(), Some(Path::new("/usr/bin/curl")));
     assert_eq!(p.uid, Some(1000));
@@ -123,9 +157,16 @@ fn finds_the_process_holding_the_client_socket_in_a_fixture() {
 
     // The proxy sees an IPv4 client of a dual-stack listener as mapped IPv6,
     // and a mapped row in tcp6 matches a plain IPv4 address.
-    let p = a.lookup(sa("[::ffff:127.0.0.1]:50000"), sa("[::ffff:127.0.0.1]:8080")).unwrap();
+    let p = a
+        .lookup(
+            sa("[::ffff:127.0.0.1]:50000"),
+            sa("[::ffff:127.0.0.1]:8080"),
+        )
+        .unwrap();
     assert_eq!(p.pid, 20);
-    let p = a.lookup(sa("127.0.0.1:54322"), sa("127.0.0.1:8082")).unwrap();
+    let p = a
+        .lookup(sa("127.0.0.1:54322"), sa("127.0.0.1:8082"))
+        .unwrap();
     assert_eq!(p.pid, 30);
 }
 
@@ -136,15 +177,30 @@ fn a_recently_matched_pid_that_no_longer_holds_the_socket_is_not_reported() {
     fake.process(20, "curl", "/usr/bin/curl", &["socket:[5555]"]);
     fake.process(21, "other", "/usr/bin/other", &[]);
     let a = fake.attributor();
-    assert_eq!(a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap().pid, 20);
+    assert_eq!(
+        a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080"))
+            .unwrap()
+            .pid,
+        20
+    );
     // The socket moves to another process (fd passing, or pid 20 exited and
     // the inode now belongs to 21): the cached pid must be re-checked.
     std::fs::remove_file(fake.dir.path().join("20/fd/0")).unwrap();
     std::os::unix::fs::symlink("socket:[5555]", fake.dir.path().join("21/fd/0")).unwrap();
-    assert_eq!(a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap().pid, 21);
+    assert_eq!(
+        a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080"))
+            .unwrap()
+            .pid,
+        21
+    );
     std::fs::remove_file(fake.dir.path().join("21/fd/0")).unwrap();
-    let e = a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap_err();
-    assert!(matches!(e, AttributionError::OwnerNotFound { inode: 5555, .. }), "{e}");
+    let e = a
+        .lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080"))
+        .unwrap_err();
+    assert!(
+        matches!(e, AttributionError::OwnerNotFound { inode: 5555, .. }),
+        "{e}"
+    );
 }
 
 #[cfg(all(unix, target_endian = "little"))]
@@ -155,33 +211,59 @@ fn lookup_failures_say_why() {
     let a = fake.attributor();
 
     // No such client port.
-    let e = a.lookup(sa("127.0.0.1:50002"), sa("127.0.0.1:8080")).unwrap_err();
+    let e = a
+        .lookup(sa("127.0.0.1:50002"), sa("127.0.0.1:8080"))
+        .unwrap_err();
     assert!(matches!(e, AttributionError::SocketNotFound { .. }), "{e}");
-    assert!(e.to_string().contains("no TCP socket from 127.0.0.1:50002 to 127.0.0.1:8080"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no TCP socket from 127.0.0.1:50002 to 127.0.0.1:8080"),
+        "{e}"
+    );
 
     // Right addresses, wrong port.
-    let e = a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8081")).unwrap_err();
+    let e = a
+        .lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8081"))
+        .unwrap_err();
     assert!(matches!(e, AttributionError::SocketNotFound { .. }), "{e}");
 
     // Socket found, but no visible process holds inode 5555.
-    let e = a.lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080")).unwrap_err();
-    assert!(matches!(e, AttributionError::OwnerNotFound { inode: 5555, .. }), "{e}");
+    let e = a
+        .lookup(sa("127.0.0.1:50000"), sa("127.0.0.1:8080"))
+        .unwrap_err();
+    assert!(
+        matches!(e, AttributionError::OwnerNotFound { inode: 5555, .. }),
+        "{e}"
+    );
 
     // TIME_WAIT row: inode 0, nobody owns it.
-    let e = a.lookup(sa("127.0.0.1:50001"), sa("127.0.0.1:8080")).unwrap_err();
-    assert!(matches!(e, AttributionError::OwnerNotFound { inode: 0, .. }), "{e}");
+    let e = a
+        .lookup(sa("127.0.0.1:50001"), sa("127.0.0.1:8080"))
+        .unwrap_err();
+    assert!(
+        matches!(e, AttributionError::OwnerNotFound { inode: 0, .. }),
+        "{e}"
+    );
 }
 
 #[cfg(unix)]
 #[test]
 fn missing_or_corrupt_tables_are_errors_not_panics() {
     let empty = tempfile::TempDir::new().unwrap();
-    let e = ProcNetAttributor::with_root(empty.path()).lookup(sa("127.0.0.1:1"), sa("127.0.0.1:2")).unwrap_err();
+    let e = ProcNetAttributor::with_root(empty.path())
+        .lookup(sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+        .unwrap_err();
     assert!(matches!(e, AttributionError::Io { .. }), "{e}");
     assert!(e.to_string().contains("net/tcp"), "{e}");
 
-    let fake = FakeProc::new("header\n 0: zz:zz 00000000:0000 0A 0:0 00:0 0 0 0 1\n", None);
-    let e = fake.attributor().lookup(sa("127.0.0.1:1"), sa("127.0.0.1:2")).unwrap_err();
+    let fake = FakeProc::new(
+        "header\n 0: zz:zz 00000000:0000 0A 0:0 00:0 0 0 0 1\n",
+        None,
+    );
+    let e = fake
+        .attributor()
+        .lookup(sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+        .unwrap_err();
     assert!(matches!(e, AttributionError::Parse { line: 2, .. }), "{e}");
 }
 
@@ -190,10 +272,16 @@ fn unsupported_platforms_say_so() {
     let a = UnsupportedAttributor::new("plan9");
     let r = a.lookup(sa("127.0.0.1:1"), sa("127.0.0.1:2"));
     let e = r.as_ref().unwrap_err();
-    assert_eq!(e.to_string(), "process attribution is not implemented on plan9");
+    assert_eq!(
+        e.to_string(),
+        "process attribution is not implemented on plan9"
+    );
     let app = app_ref(&r);
     assert_eq!((app.name, app.exe, app.pid), (None, None, None));
-    assert_eq!(app.unknown_reason.as_deref(), Some("process attribution is not implemented on plan9"));
+    assert_eq!(
+        app.unknown_reason.as_deref(),
+        Some("process attribution is not implemented on plan9")
+    );
 }
 
 #[test]
@@ -223,7 +311,10 @@ fn assert_attributes_self(listen: &str, connect_ip: &str) {
 
     let p = platform_attributor().lookup(peer, local).unwrap();
     assert_eq!(p.pid, std::process::id());
-    assert_eq!(p.exe, Some(std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap()));
+    assert_eq!(
+        p.exe,
+        Some(std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap())
+    );
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
     assert_eq!(p.name, comm.trim_end());
     assert_eq!(p.user, current_os_user());
@@ -241,9 +332,17 @@ async fn lookups_run_off_the_executor() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server_side, peer) = listener.accept().unwrap();
-    let p = lookup_off_executor(platform_attributor(), peer, server_side.local_addr().unwrap()).await.unwrap();
+    let p = lookup_off_executor(
+        platform_attributor(),
+        peer,
+        server_side.local_addr().unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(p.pid, std::process::id());
-    let e = lookup_off_executor(Arc::new(UnsupportedAttributor::new("plan9")), peer, peer).await.unwrap_err();
+    let e = lookup_off_executor(Arc::new(UnsupportedAttributor::new("plan9")), peer, peer)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not implemented on plan9"), "{e}");
 }
 
@@ -254,7 +353,9 @@ fn the_procfs_path_alone_attributes_a_real_connection() {
     let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server_side, peer) = listener.accept().unwrap();
     // with_root never uses netlink, so this exercises /proc/net/tcp parsing on the live kernel.
-    let p = ProcNetAttributor::with_root("/proc").lookup(peer, server_side.local_addr().unwrap()).unwrap();
+    let p = ProcNetAttributor::with_root("/proc")
+        .lookup(peer, server_side.local_addr().unwrap())
+        .unwrap();
     assert_eq!(p.pid, std::process::id());
 }
 
@@ -280,9 +381,16 @@ fn attributes_ipv4_clients_of_a_dual_stack_listener() {
 fn measure_lookup_cost() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let attributor = ProcNetAttributor::new();
-    let procs = std::fs::read_dir("/proc").unwrap().filter(|e| {
-        e.as_ref().is_ok_and(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
-    }).count();
+    let procs = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+        })
+        .count();
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for i in 0..200 {
@@ -303,6 +411,9 @@ fn measure_lookup_cost() {
     warm.sort();
     println!(
         "processes={procs} cold p50={:?} p99={:?} warm p50={:?} p99={:?}",
-        cold[cold.len() / 2], cold[cold.len() * 99 / 100], warm[warm.len() / 2], warm[warm.len() * 99 / 100]
+        cold[cold.len() / 2],
+        cold[cold.len() * 99 / 100],
+        warm[warm.len() / 2],
+        warm[warm.len() * 99 / 100]
     );
 }

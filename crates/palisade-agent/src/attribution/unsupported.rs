@@ -17,7 +17,11 @@ impl UnsupportedAttributor {
 }
 
 impl Attributor for UnsupportedAttributor {
-    fn lookup(&self, _peer: SocketAddr, _local: SocketAddr) -> Result<ProcessInfo, AttributionError> {
+    fn lookup(
+        &self,
+        _peer: SocketAddr,
+        _local: SocketAddr,
+    ) -> Result<ProcessInfo, AttributionError> {
         Err(AttributionError::Unsupported { os: self.os })
     }
 }

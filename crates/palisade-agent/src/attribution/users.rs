@@ -37,7 +37,8 @@ pub fn user_name_for_uid(uid: u32) -> Option<String> {
         // SAFETY: every pointer is to memory we own and outlives the call;
         // `buf.len()` is the true size of `buf`. On success `result` points at
         // `pwd`, whose string fields point into `buf`.
-        let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 4, 0);
             continue;
@@ -76,7 +77,10 @@ mod tests {
     fn current_user_is_the_effective_uid_name_when_it_has_one() {
         match user_name_for_uid(effective_uid()) {
             Some(name) => assert_eq!(current_os_user(), Some(name)),
-            None => assert_eq!(current_os_user(), std::env::var("USER").ok().filter(|u| !u.is_empty())),
+            None => assert_eq!(
+                current_os_user(),
+                std::env::var("USER").ok().filter(|u| !u.is_empty())
+            ),
         }
     }
 }
