@@ -30,6 +30,8 @@ pub struct Harness {
     pub fake: FakeProvider,
     pub test_ca: TestCa,
     pub dir: tempfile::TempDir,
+    /// The sync client's handle when `Options::server` was given.
+    pub sync: Option<palisade_agent::sync::SyncHandle>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -40,6 +42,11 @@ pub struct Options {
     pub self_signed_upstream: bool,
     /// A policy document (JSON) for the agent's local policy file.
     pub policy_json: Option<String>,
+    /// Control plane to enroll with and sync to.
+    pub server: Option<palisade_agent::config::ServerLink>,
+    /// Agent data dir (to restart on the same state); default: a fresh temp dir.
+    pub data_dir: Option<std::path::PathBuf>,
+    pub sync_options: Option<palisade_agent::sync::SyncOptions>,
 }
 
 impl Default for Options {
@@ -49,6 +56,9 @@ impl Default for Options {
             client_idle_timeout_ms: 10_000,
             self_signed_upstream: false,
             policy_json: None,
+            server: None,
+            data_dir: None,
+            sync_options: None,
         }
     }
 }
@@ -69,7 +79,8 @@ impl Harness {
         let ca_file = dir.path().join("upstream-ca.pem");
         std::fs::write(&ca_file, test_ca.cert_pem()).unwrap();
         let mut cfg = AgentConfig {
-            data_dir: dir.path().join("agent"),
+            data_dir: opts.data_dir.clone().unwrap_or_else(|| dir.path().join("agent")),
+            server: opts.server.clone(),
             upstream_ca_file: Some(ca_file),
             key_store: KeyStoreChoice::File,
             capture_max_bytes: opts.capture_max_bytes,
@@ -88,7 +99,11 @@ impl Harness {
         }
         cfg.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = Agent::start(cfg, listener).await.unwrap();
+        let mut agent = Agent::start(cfg, listener).await.unwrap();
+        if let Some(o) = opts.sync_options.clone() {
+            agent.set_sync_options(o);
+        }
+        let sync = agent.sync.clone();
         let addr = agent.addr;
         let agent_ca_pem = agent.ca.cert_pem();
         let state = agent.state.clone();
@@ -107,6 +122,7 @@ impl Harness {
             fake,
             test_ca,
             dir,
+            sync,
             stop: Some(tx),
             task: Some(task),
         }
