@@ -134,16 +134,9 @@ pub enum ConfigError {
 }
 
 /// The platform's data directory for the agent; `$PALISADE_DATA_DIR` wins.
+/// One rule shared with `palisade events` (see `palisade_spool::default_data_dir`).
 pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("PALISADE_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    match (std::env::consts::OS, home) {
-        ("macos", Some(h)) => h.join("Library/Application Support/Palisade/agent"),
-        (_, Some(h)) => h.join(".local/share/palisade/agent"),
-        (_, None) => PathBuf::from("/var/lib/palisade/agent"),
-    }
+    palisade_spool::default_data_dir()
 }
 
 impl AgentConfig {

@@ -26,7 +26,31 @@ struct Counters {
     queued: AtomicU64,
     written: AtomicU64,
     failed: AtomicU64,
+    rejected: AtomicU64,
     idle: Notify,
+}
+
+/// Append records one at a time after a batch was refused: retryable errors
+/// are retried, a record refused for good is counted and logged by id.
+async fn append_each(spool: &Spool, batch: &[AuditEvent], counters: &Counters) {
+    for ev in batch {
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            match spool.append(ev).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, id = %ev.id, kind = ev.kind.as_str(), "Record refused by the spool");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl Recorder {
@@ -39,16 +63,23 @@ impl Recorder {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
-                // Retry a failing spool (disk full, locked) rather than drop.
+                // Retry a failing spool (disk full, locked) rather than drop;
+                // a permanent error (a record too large or unencodable) is
+                // isolated to its record so it cannot stall the rest.
                 let mut delay = std::time::Duration::from_millis(50);
                 loop {
                     match spool.append_batch(&batch).await {
                         Ok(()) => break,
-                        Err(e) => {
+                        Err(e) if e.is_retryable() => {
                             counters.failed.fetch_add(1, Ordering::Relaxed);
                             error!(error = %e, events = batch.len(), "Spool write failed; retrying");
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        }
+                        Err(e) => {
+                            error!(error = %e, events = batch.len(), "Spool refused a batch; writing records one by one");
+                            append_each(&spool, &batch, &counters).await;
+                            break;
                         }
                     }
                 }
@@ -62,6 +93,11 @@ impl Recorder {
             }
         });
         Self { tx, spooled, inner }
+    }
+
+    /// Records the spool refused for good (too large, unencodable).
+    pub fn rejected(&self) -> u64 {
+        self.inner.rejected.load(Ordering::Relaxed)
     }
 
     /// Queue a record for the spool. Never blocks.
