@@ -12,12 +12,18 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row};
 use std::str::FromStr;
+use std::sync::Arc;
 use tracing::info;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
     pool: SqlitePool,
+    /// SQLite has one writer at a time. Queueing writers here (FIFO) instead
+    /// of in SQLite's busy handler (which is not fair) keeps a burst of
+    /// concurrent batches from timing out; the busy timeout then only covers
+    /// writers outside this process.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Clone)]
@@ -56,7 +62,11 @@ impl SqliteBackend {
         let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
         migrate::migrator(migrate::SQLITE).await?.run(&pool).await?;
         info!(path = %path.display(), "Opened SQLite store");
-        Ok(Self { pool })
+        Ok(Self { pool, write_lock: Arc::new(tokio::sync::Mutex::new(())) })
+    }
+
+    async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().await
     }
 
     async fn notify_policy(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, _version: u64) -> Result<(), StoreError> {
@@ -85,6 +95,9 @@ impl PgBackend {
         info!(url = %crate::config::redact_url(url), schema, "Opened PostgreSQL store");
         Ok(Self { pool, opts })
     }
+
+    /// PostgreSQL handles concurrent writers itself.
+    async fn write_guard(&self) {}
 
     async fn notify_policy(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, version: u64) -> Result<(), StoreError> {
         // Delivered to listeners when the transaction commits.
@@ -154,6 +167,8 @@ macro_rules! backend_impl {
                 expires_at: DateTime<Utc>,
                 note: Option<&str>,
             ) -> Result<String, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 let id = Uuid::now_v7().to_string();
                 sqlx::query(
                     "INSERT INTO enrollment_tokens (id, token_hash, max_uses, uses, expires_at, created_at, note) \
@@ -171,6 +186,8 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn create_admin_token(&self, token_hash: &str, name: &str) -> Result<String, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 let id = Uuid::now_v7().to_string();
                 sqlx::query("INSERT INTO admin_tokens (id, token_hash, name, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&id)
@@ -195,6 +212,8 @@ macro_rules! backend_impl {
                 token_hash: &str,
                 d: &DeviceRecord,
             ) -> Result<Enrolled, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
                 // Write first, so SQLite takes the write lock at once (no upgrade deadlock).
@@ -250,6 +269,8 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn touch_device(&self, id: &str) -> Result<Option<DeviceAuth>, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 let row = sqlx::query(
                     "UPDATE devices SET last_seen = $1 WHERE id = $2 RETURNING cert_fingerprint, revoked_at",
                 )
@@ -281,6 +302,8 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn revoke_device(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 let r = sqlx::query(
                     "UPDATE devices SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
                 )
@@ -308,6 +331,8 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn record_applied(&self, device_id: &str, version: u64) -> Result<(), StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 sqlx::query("UPDATE devices SET applied_policy_version = $1, applied_at = $2 WHERE id = $3")
                     .bind(to_i64(version))
                     .bind(now_ms())
@@ -318,6 +343,22 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
+                // Two servers publishing at once race for MAX(version) + 1; the loser
+                // hits the primary key and simply takes the next number.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match self.try_insert_policy(document, author).await {
+                        Err(StoreError::Database(sqlx::Error::Database(e)))
+                            if e.is_unique_violation() && attempt < 5 => continue,
+                        other => return other,
+                    }
+                }
+            }
+
+            async fn try_insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query(
                     "INSERT INTO policies (version, document, created_at, author) \
@@ -359,6 +400,8 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn insert_events(&self, device_id: &str, events: &[NewEvent]) -> Result<u64, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 if events.is_empty() {
                     return Ok(0);
                 }
@@ -440,6 +483,8 @@ macro_rules! backend_impl {
                 items: &[InventoryRecord],
                 full_snapshot: bool,
             ) -> Result<u32, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
                 for chunk in items.chunks(INSERT_CHUNK_ROWS) {

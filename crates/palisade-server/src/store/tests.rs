@@ -205,3 +205,38 @@ async fn sqlite_unwritable_path_is_a_clear_error() {
     let e = Store::open_sqlite(&file.join("sub/x.db"), 1).await.unwrap_err();
     assert!(matches!(e, StoreError::DataDir { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn concurrent_policy_publishes_get_distinct_versions() {
+    for (s, _g) in stores().await {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move { s.insert_policy(&format!("{{\"n\":{i}}}"), "admin").await }));
+        }
+        let mut versions = Vec::new();
+        for t in tasks {
+            versions.push(t.await.unwrap().unwrap());
+        }
+        versions.sort();
+        assert_eq!(versions, (1..=8).collect::<Vec<u64>>(), "{}", s.backend_name());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_batches_all_commit() {
+    for (s, _g) in stores().await {
+        let mut tasks = Vec::new();
+        for d in 0..16 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let batch: Vec<_> = (0..200).map(|_| event("interaction", Some("openai"))).collect();
+                s.insert_events(&format!("d{d}"), &batch).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), 200);
+        }
+        assert_eq!(s.count_events().await.unwrap(), 3200);
+    }
+}
