@@ -6,6 +6,7 @@
 
 mod events;
 mod time_arg;
+mod up;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// List audit records held in this device's spool.
     Events(events::EventsArgs),
+    /// Start a control plane (embedded SQLite) and one enrolled agent on this machine.
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Up(args) = cli.command {
+        // Server and agent share this process: give them every core.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let mut out = std::io::stdout();
+        let stop = palisade_agent::telemetry::shutdown_signal();
+        return Ok(rt.block_on(up::run(args, &mut out, stop))?);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -62,5 +74,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => Ok(other?),
             }
         }
+        Command::Up(_) => unreachable!("handled above"),
     }
 }
