@@ -8,6 +8,13 @@
 //! leaves the record in the spool to be sent again; the server deduplicates
 //! by event id, so a lost ack costs a re-send, never a duplicate. This
 //! module must never delete an id it did not send in the acknowledged batch.
+//!
+//! Head-of-line safety: a record too large for one gRPC message would be
+//! refused forever and block every record behind it, so such a record has
+//! its captured texts cut (the `truncated` flags set, and
+//! `details.upload_truncated.original_bytes` added) until it fits. A batch
+//! the server refuses as too large is split in half, and the smaller size is
+//! kept for the rest of the session (the server's limit is static config).
 
 use super::backoff::{server_delay, Backoff};
 use super::{Ctx, Link};
@@ -132,9 +139,10 @@ fn build_batch(ctx: &Ctx, link: &Link, batch_id: u64, events: Vec<AuditEvent>) -
     let mut records = Vec::with_capacity(events.len());
     let mut sent = HashSet::with_capacity(events.len());
     let mut bytes = 0usize;
+    let record_limit = ctx.opts.max_message_bytes / 4 * 3;
     for mut ev in events {
         ev.device.id.clone_from(&link.device_id);
-        let json = match serde_json::to_vec(&ev) {
+        let json = match encode_fitting(&mut ev, record_limit) {
             Ok(j) => j,
             Err(error) => {
                 // Cannot happen for a record that came out of the spool's JSON.
@@ -153,6 +161,61 @@ fn build_batch(ctx: &Ctx, link: &Link, batch_id: u64, events: Vec<AuditEvent>) -
         });
     }
     (proto::EventBatch { batch_id, events: records }, sent)
+}
+
+/// The record's JSON, cut down to at most `limit` bytes if needed: first
+/// the captured prompt and response text, then request params, then (last
+/// resort) everything but the envelope. The cut is marked in the record.
+fn encode_fitting(ev: &mut AuditEvent, limit: usize) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(&*ev)?;
+    let original = json.len();
+    if original <= limit {
+        return Ok(json);
+    }
+    let mark = |ev: &mut AuditEvent| {
+        let note = serde_json::json!({ "original_bytes": original });
+        match &mut ev.details {
+            serde_json::Value::Object(m) => {
+                m.insert("upload_truncated".into(), note);
+            }
+            other => *other = serde_json::json!({ "upload_truncated": note }),
+        }
+    };
+    if let Some(i) = ev.interaction.as_mut() {
+        let budget = limit / 4;
+        i.request.truncated |= cut(&mut i.request.prompt, budget);
+        i.response.truncated |= cut(&mut i.response.text, budget);
+    }
+    mark(ev);
+    let mut json = serde_json::to_vec(&*ev)?;
+    if json.len() > limit {
+        if let Some(i) = ev.interaction.as_mut() {
+            i.request.params = serde_json::Value::Null;
+        }
+        json = serde_json::to_vec(&*ev)?;
+    }
+    if json.len() > limit {
+        ev.interaction = None;
+        ev.details = serde_json::Value::Null;
+        mark(ev);
+        json = serde_json::to_vec(&*ev)?;
+    }
+    warn!(id = %ev.id, original_bytes = original, sent_bytes = json.len(), "Record too large for one message; uploading it cut down");
+    Ok(json)
+}
+
+/// Cut `text` to at most `max` bytes on a char boundary; `true` if cut.
+fn cut(text: &mut Option<String>, max: usize) -> bool {
+    let Some(t) = text else { return false };
+    if t.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    t.truncate(end);
+    true
 }
 
 /// Send one batch and act on its answer.
@@ -269,3 +332,6 @@ async fn wait_for_work(ctx: &Ctx, wake: &mut broadcast::Receiver<AuditEvent>, st
     while wake.try_recv().is_ok() {}
     false
 }
+
+#[cfg(test)]
+mod tests;
