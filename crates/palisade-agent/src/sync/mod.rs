@@ -35,6 +35,9 @@ pub mod identity;
 pub mod policy;
 mod upload;
 
+#[cfg(test)]
+mod testing;
+
 use crate::config::ServerLink;
 use crate::proxy::PolicyHandle;
 use crate::recorder::Recorder;

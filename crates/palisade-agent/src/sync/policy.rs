@@ -162,36 +162,4 @@ async fn apply(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_round_trips_and_garbage_is_ignored() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(load_cached(d.path()).is_none());
-        let p = Policy {
-            version: 7,
-            ..Default::default()
-        };
-        store_cached(d.path(), &p).unwrap();
-        assert_eq!(load_cached(d.path()), Some(p));
-        std::fs::write(d.path().join(POLICY_CACHE_FILE), "{\"version\": \"seven\"}").unwrap();
-        assert!(load_cached(d.path()).is_none(), "an invalid cache is not used");
-        std::fs::write(d.path().join(POLICY_CACHE_FILE), "\u{0}\u{1}").unwrap();
-        assert!(load_cached(d.path()).is_none());
-    }
-
-    #[test]
-    fn cache_write_leaves_no_temp_files() {
-        let d = tempfile::tempdir().unwrap();
-        for v in 1..5 {
-            store_cached(d.path(), &Policy { version: v, ..Default::default() }).unwrap();
-        }
-        let names: Vec<_> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec![POLICY_CACHE_FILE.to_string()]);
-        assert_eq!(load_cached(d.path()).unwrap().version, 4);
-    }
-}
+mod tests;

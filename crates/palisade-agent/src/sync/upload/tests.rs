@@ -2,10 +2,9 @@
 //! 127.0.0.1): every answer the contract allows, and some it does not.
 
 use super::*;
-use crate::config::ServerLink;
-use crate::sync::{SyncClient, SyncInputs, SyncOptions};
-use palisade_core::{DeviceRef, EventKind, Policy, UserRef};
-use palisade_spool::Spool;
+use crate::sync::testing::{fast, until};
+use crate::sync::{SyncClient, SyncOptions};
+use palisade_core::{DeviceRef, EventKind, UserRef};
 use proto::audit_service_server::{AuditService, AuditServiceServer};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -116,36 +115,8 @@ async fn rig(script: Vec<Step>, opts: SyncOptions) -> Rig {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&dir.path().join("spool.db"), Default::default()).await.unwrap();
-    let recorder = crate::recorder::Recorder::start(spool.clone());
-    let (client, _handle) = SyncClient::new(
-        SyncInputs {
-            link: ServerLink { url: format!("http://{addr}"), ca_file: dir.path().join("ca.pem"), enrollment_token: None },
-            data_dir: dir.path().to_path_buf(),
-            keys: Arc::new(palisade_tls::KeyStore::open_file(&dir.path().join("keys")).unwrap()),
-            spool,
-            recorder,
-            policy: crate::proxy::PolicyHandle::new(Policy::default(), None).unwrap(),
-            device: DeviceRef { id: "local-id".into(), hostname: "h".into(), os: "linux".into() },
-            owner_email: None,
-        },
-        opts,
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-    let link = Link { device_id: "enrolled-id".into(), channel };
+    let (client, link) = crate::sync::testing::client(addr, dir.path(), opts).await;
     Rig { fake, client, link, _dir: dir }
-}
-
-fn fast(batch: usize) -> SyncOptions {
-    SyncOptions {
-        backoff_base: Duration::from_millis(10),
-        backoff_cap: Duration::from_millis(50),
-        batch_max_events: batch,
-        ack_timeout: Duration::from_secs(10),
-        rpc_timeout: Duration::from_secs(10),
-        poll_interval: Duration::from_millis(20),
-        ..SyncOptions::default()
-    }
 }
 
 fn event() -> AuditEvent {
@@ -160,14 +131,6 @@ async fn fill(ctx: &Ctx, n: usize) -> Vec<String> {
     let evs: Vec<_> = (0..n).map(|_| event()).collect();
     ctx.spool.append_batch(&evs).await.unwrap();
     evs.iter().map(|e| e.id.to_string()).collect()
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn drained(ctx: &Ctx) {
