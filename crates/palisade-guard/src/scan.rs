@@ -12,7 +12,8 @@ use crate::rules::{Allowlist, Gate, Rule};
 use crate::window::{windows, Runs};
 use std::ops::Range;
 use crate::validate::shannon_entropy;
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex::Regex;
 use palisade_core::policy::GuardAction;
 use std::sync::Arc;
 
@@ -50,28 +51,43 @@ pub(crate) struct ScanOut {
 
 pub(crate) struct Engine {
     pub rules: Vec<Rule>,
-    /// Keyword prefilter for rules that scan the whole text or windows.
+    /// Keyword prefilter over every rule with keywords (one pass per text).
     ac: Option<AhoCorasick>,
     /// For each `ac` pattern, the rules it activates.
     kw_rules: Vec<Vec<usize>>,
-    /// Keywords of rules anchored at keyword hits (`Gate::AtKeyword`).
-    anchor_ac: Option<AhoCorasick>,
-    anchor_rules: Vec<Vec<usize>>,
+    /// Rules with no keywords (or whose keywords could not be compiled).
     always: Vec<usize>,
+    /// Rules activated by keywords that scan text (not anchored).
     n_kw_rules: usize,
+    /// Whether any rule is anchored at keyword hits (then the keyword pass
+    /// must see the whole text).
+    any_anchored: bool,
     global_allow: Vec<Allowlist>,
 }
 
-/// Build a case-insensitive keyword automaton; `None` when there are no
-/// keywords or it cannot be built (then the rules run without prefilter).
-fn keyword_automaton(patterns: &[String], kind: MatchKind) -> Option<AhoCorasick> {
+/// Which rules run on one text, and where anchored rules start.
+struct Activation {
+    active: Vec<bool>,
+    /// Keyword hit positions per anchored rule, ascending.
+    hits: Vec<Vec<usize>>,
+}
+
+/// Build the case-insensitive keyword automaton (a DFA: fastest to search,
+/// and keyword sets are small); `None` when there are no keywords or it
+/// cannot be built.
+fn keyword_automaton(patterns: &[String]) -> Option<AhoCorasick> {
     if patterns.is_empty() {
         return None;
     }
-    match AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(kind).build(patterns) {
+    match AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(patterns)
+    {
         Ok(ac) => Some(ac),
         Err(error) => {
-            tracing::warn!(%error, "Keyword prefilter could not be built; its rules will run on every text");
+            tracing::warn!(%error, "Keyword prefilter could not be built; every rule will run on every text");
             None
         }
     }
@@ -100,50 +116,46 @@ struct Sink<'n> {
 impl Engine {
     pub(crate) fn new(rules: Vec<Rule>, global_allow: Vec<Allowlist>) -> Self {
         let (mut patterns, mut kw_rules) = (Vec::new(), Vec::new());
-        let (mut anchor_patterns, mut anchor_rules) = (Vec::new(), Vec::new());
         let mut always = Vec::new();
-        let mut anchored = Vec::new();
         let mut n_kw_rules = 0;
+        let mut any_anchored = false;
         for (i, r) in rules.iter().enumerate() {
             if r.keywords.is_empty() {
                 always.push(i);
-            } else if matches!(r.gate, Gate::AtKeyword(_)) {
-                anchored.push(i);
-                add_keywords(&mut anchor_patterns, &mut anchor_rules, i, &r.keywords);
+                continue;
+            }
+            if matches!(r.gate, Gate::AtKeyword(_)) {
+                any_anchored = true;
             } else {
                 n_kw_rules += 1;
-                add_keywords(&mut patterns, &mut kw_rules, i, &r.keywords);
             }
+            add_keywords(&mut patterns, &mut kw_rules, i, &r.keywords);
         }
-        let ac = keyword_automaton(&patterns, MatchKind::Standard);
-        if ac.is_none() && n_kw_rules > 0 {
-            always.extend(kw_rules.iter().flatten().copied());
-            always.sort_unstable();
-            always.dedup();
+        let ac = keyword_automaton(&patterns);
+        if ac.is_none() && !patterns.is_empty() {
+            // No prefilter: every keyword rule runs on every text; anchored
+            // rules fall back to scanning the whole text.
+            always = (0..rules.len()).collect();
             n_kw_rules = 0;
-        }
-        let anchor_ac = keyword_automaton(&anchor_patterns, MatchKind::LeftmostLongest);
-        if anchor_ac.is_none() && !anchored.is_empty() {
-            // Without hit positions an anchored rule cannot run; this only
-            // happens if the automaton is impossibly large.
-            tracing::error!(rules = anchored.len(), "Anchored keyword automaton could not be built; those rules are off");
+            any_anchored = false;
         }
         Self {
             rules,
             ac,
             kw_rules,
-            anchor_ac,
-            anchor_rules,
             always,
             n_kw_rules,
+            any_anchored,
             global_allow,
         }
     }
 
     /// Which rules may match `t`: keyword-free rules, plus rules one of whose
-    /// keywords occurs (case-insensitively).
-    fn active_rules(&self, t: &str) -> Vec<bool> {
+    /// keywords occurs (case-insensitively); and every keyword hit of the
+    /// anchored rules. One Aho-Corasick pass.
+    fn activate(&self, t: &str) -> Activation {
         let mut active = vec![false; self.rules.len()];
+        let mut hits = vec![Vec::new(); self.rules.len()];
         for &i in &self.always {
             active[i] = true;
         }
@@ -151,23 +163,30 @@ impl Engine {
             let mut left = self.n_kw_rules;
             for m in ac.find_overlapping_iter(t) {
                 for &r in &self.kw_rules[m.pattern().as_usize()] {
-                    if !active[r] {
+                    if matches!(self.rules[r].gate, Gate::AtKeyword(_)) {
+                        active[r] = true;
+                        hits[r].push(m.start());
+                    } else if !active[r] {
                         active[r] = true;
                         left -= 1;
                     }
                 }
-                if left == 0 {
+                if left == 0 && !self.any_anchored {
                     break;
                 }
             }
         }
-        active
+        for h in &mut hits {
+            h.sort_unstable();
+            h.dedup();
+        }
+        Activation { active, hits }
     }
 
     pub(crate) fn scan(&self, text: &str) -> ScanOut {
         let norm = Normalized::new(text);
         let t = norm.text();
-        let active = self.active_rules(t);
+        let Activation { active, hits } = self.activate(t);
         let mut runs: Option<Runs> = None;
         let mut out = ScanOut {
             matches: Vec::new(),
@@ -204,14 +223,13 @@ impl Engine {
                         self.run_window(ri, t, w, &mut sink);
                     }
                 }
-                // Anchored rules are run from their keyword hits below.
-                Gate::AtKeyword(_) => {}
+                Gate::AtKeyword(anchored) if self.any_anchored => self.run_anchored(ri, anchored, t, &hits[ri], &mut sink),
+                Gate::AtKeyword(_) => self.run_window(ri, t, 0..t.len(), &mut sink),
             }
             if sink.extra > 0 {
                 out.overflow.push((ri, sink.extra));
             }
         }
-        self.run_anchored(t, &mut sink, &mut out.overflow);
         out.matches = suppress_contained(sink.matches);
         out
     }
@@ -244,46 +262,24 @@ impl Engine {
         }
     }
 
-    /// Rules whose every match starts with a keyword run anchored at each
-    /// keyword hit: cost follows the hits, not the text length.
-    fn run_anchored(&self, t: &str, sink: &mut Sink<'_>, overflow: &mut Vec<(usize, u32)>) {
-        let Some(ac) = &self.anchor_ac else { return };
-        let mut per_rule: Vec<(usize, usize, u32)> = Vec::new(); // (rule, stored, extra)
-        let mut last_end: Vec<(usize, usize)> = Vec::new(); // (rule, end of last accepted)
-        for hit in ac.find_iter(t) {
-            for &ri in &self.anchor_rules[hit.pattern().as_usize()] {
-                let Gate::AtKeyword(anchored) = &self.rules[ri].gate else { continue };
-                let pos = hit.start();
-                let le = last_end.iter().find(|(r, _)| *r == ri).map_or(0, |(_, e)| *e);
-                if pos < le {
-                    continue;
-                }
-                let rule = &self.rules[ri];
-                let mut locs = anchored.capture_locations();
-                let Some(whole) = anchored.captures_read(&mut locs, &t[pos..]) else { continue };
-                let Some((s, e)) = secret_range(rule, &locs, whole.start(), whole.end()) else { continue };
-                let Some((s2, e2)) = self.accept(rule, t, (pos + whole.start(), pos + whole.end()), (pos + s, pos + e)) else {
-                    continue;
-                };
-                match last_end.iter_mut().find(|(r, _)| *r == ri) {
-                    Some(slot) => slot.1 = e2,
-                    None => last_end.push((ri, e2)),
-                }
-                let idx = match per_rule.iter().position(|(r, _, _)| *r == ri) {
-                    Some(i) => i,
-                    None => {
-                        per_rule.push((ri, 0, 0));
-                        per_rule.len() - 1
-                    }
-                };
-                sink.stored = per_rule[idx].1;
-                sink.extra = per_rule[idx].2;
-                self.store(ri, s2, e2, sink);
-                per_rule[idx].1 = sink.stored;
-                per_rule[idx].2 = sink.extra;
+    /// A rule whose every match starts with a keyword runs anchored at each
+    /// keyword hit: its cost follows the hits, not the text length.
+    fn run_anchored(&self, ri: usize, anchored: &Regex, t: &str, hits: &[usize], sink: &mut Sink<'_>) {
+        let rule = &self.rules[ri];
+        let mut locs = anchored.capture_locations();
+        let mut last_end = 0usize;
+        for &pos in hits {
+            if pos < last_end {
+                continue;
             }
+            let Some(whole) = anchored.captures_read(&mut locs, &t[pos..]) else { continue };
+            let Some((s, e)) = secret_range(rule, &locs, whole.start(), whole.end()) else { continue };
+            let Some((s2, e2)) = self.accept(rule, t, (pos + whole.start(), pos + whole.end()), (pos + s, pos + e)) else {
+                continue;
+            };
+            last_end = e2;
+            self.store(ri, s2, e2, sink);
         }
-        overflow.extend(per_rule.into_iter().filter(|(_, _, x)| *x > 0).map(|(r, _, x)| (r, x)));
     }
 
     fn store(&self, ri: usize, s: usize, e: usize, sink: &mut Sink<'_>) {

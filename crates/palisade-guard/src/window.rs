@@ -72,22 +72,27 @@ impl Runs {
             runs.digit_runs.push(DigitRun { start, end, digits, dots });
             i = j.max(end);
         }
-        // Hex-colon runs.
-        let mut i = 0;
-        while i < b.len() {
-            if !(b[i].is_ascii_hexdigit() || b[i] == b':') {
-                i += 1;
+        // Hex-colon runs, grown around each colon (found with memchr), so
+        // ordinary hex-looking words cost nothing.
+        let hexish = |c: u8| c.is_ascii_hexdigit() || c == b':';
+        let mut last_end = 0usize;
+        for (c, _) in t.match_indices(':') {
+            if c < last_end {
                 continue;
             }
-            let start = i;
-            let (mut colons, mut digits) = (0u32, 0u32);
-            while i < b.len() && (b[i].is_ascii_hexdigit() || b[i] == b':') {
-                colons += (b[i] == b':') as u32;
-                digits += b[i].is_ascii_digit() as u32;
-                i += 1;
+            let mut start = c;
+            while start > last_end && hexish(b[start - 1]) {
+                start -= 1;
             }
-            if colons >= 2 && digits >= 1 {
-                runs.hex_colon_runs.push((start, i));
+            let mut end = c + 1;
+            while end < b.len() && hexish(b[end]) {
+                end += 1;
+            }
+            last_end = end;
+            let run = &b[start..end];
+            let colons = run.iter().filter(|&&x| x == b':').count();
+            if colons >= 2 && run.iter().any(u8::is_ascii_digit) {
+                runs.hex_colon_runs.push((start, end));
             }
         }
         runs
