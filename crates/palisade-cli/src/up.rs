@@ -78,6 +78,8 @@ pub enum UpError {
     AgentConfig(#[from] palisade_agent::config::ConfigError),
     #[error("agent: {0}")]
     Agent(#[from] palisade_agent::AgentError),
+    #[error("agent identity: {0}")]
+    Identity(#[from] palisade_agent::sync::SyncError),
     #[error("the agent did not enroll within {secs} s{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
     EnrollTimeout { secs: u64, last_error: Option<String> },
     #[error("cannot write the banner: {0}")]
@@ -144,8 +146,17 @@ pub async fn run(
     let server_ca = data_dir.join("server-ca.pem");
     write_file(&server_ca, pki.ca_cert_pem().as_bytes())?;
     let agent_dir = data_dir.join("agent");
-    let enrolled = palisade_agent::sync::identity::stored_device_id(&agent_dir).is_some();
     let store = palisade_server::Store::open(&server_cfg).await?;
+    let mut enrolled = false;
+    if let Some(id) = palisade_agent::sync::identity::stored_device_id(&agent_dir) {
+        if store.get_device(&id).await?.is_some() {
+            enrolled = true;
+        } else {
+            // The server store was reset: that identity is dead, enroll afresh.
+            warn!(device_id = %id, "The control plane does not know this agent's identity; enrolling again");
+            palisade_agent::sync::identity::forget(&agent_dir)?;
+        }
+    }
     let enrollment_token = if enrolled {
         None
     } else {

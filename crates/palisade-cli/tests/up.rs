@@ -135,4 +135,19 @@ fn up_starts_an_enrolled_agent_and_a_second_run_reuses_it() {
     let list = devices(&again.value("Console/API"), &token2);
     assert_eq!(list.len(), 1, "no duplicate device: {list:?}");
     again.sigterm_and_wait();
+
+    // A reset server store: the stale identity is dropped and the agent enrolls anew.
+    for entry in std::fs::read_dir(dir.path().join("server")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("palisade.db") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let fresh = Up::start(dir.path());
+    let new_id = fresh.value("Device id");
+    assert_ne!(new_id, device_id);
+    let list = devices(&fresh.value("Console/API"), &fresh.value("Admin token"));
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["id"], new_id.as_str());
+    fresh.sigterm_and_wait();
 }

@@ -75,6 +75,18 @@ pub fn stored_device_id(data_dir: &Path) -> Option<String> {
     Some(file.device_id).filter(|id| !id.is_empty())
 }
 
+/// Forget the stored identity (the next start enrolls again), e.g. when
+/// the control plane it belongs to no longer knows it. The key is left in
+/// the key store; enrollment replaces it.
+pub fn forget(data_dir: &Path) -> Result<(), SyncError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SyncError::Io { path, source }),
+    }
+}
+
 /// Load the stored identity. `Ok(None)`: never enrolled. An identity whose
 /// key or certificate went missing is an error naming what is missing.
 pub fn load(data_dir: &Path, keys: &KeyStore) -> Result<Option<DeviceIdentity>, SyncError> {
@@ -332,6 +344,9 @@ mod tests {
         assert_eq!(got.not_after.unwrap().timestamp_millis(), 1_900_000_000_000);
         assert_eq!(stored_device_id(d.path()).as_deref(), Some("dev-1"));
         assert!(!format!("{got:?}").contains("KEY-SECRET"));
+        forget(d.path()).unwrap();
+        assert!(load(d.path(), &keys).unwrap().is_none(), "forgotten");
+        forget(d.path()).unwrap();
     }
 
     #[test]
