@@ -21,6 +21,9 @@ use std::sync::Arc;
 /// not stored. Redact rules store every match (each must be replaced).
 pub const MAX_MATCHES_PER_RULE: usize = 1000;
 
+/// Bytes of a match's tail that may be searched again for the next match.
+const MAX_RESCAN: usize = 4;
+
 /// One detection: which detector, what policy says to do, and where (byte
 /// range of the original text). Never the value itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +248,7 @@ impl Engine {
         while pos <= hay.len() {
             let Some(whole) = rule.regex.captures_read_at(&mut locs, hay, pos) else { break };
             let (ws, we) = (whole.start(), whole.end());
-            let resume = match secret_range(rule, &locs, ws, we) {
+            let value_end = match secret_range(rule, &locs, ws, we) {
                 Some((s, e)) => match self.accept(rule, t, (base + ws, base + we), (base + s, base + e)) {
                     Some((s2, e2)) => {
                         self.store(ri, s2, e2, sink);
@@ -255,9 +258,15 @@ impl Engine {
                 },
                 None => we,
             };
-            // Resume at the end of the value, not of the whole match: a
-            // pattern's trailing boundary character may be the next
-            // match's leading one (`10.0.0.1,10.0.0.2`).
+            // Resume at the end of the value rather than of the whole match,
+            // since a pattern's trailing boundary character may be the next
+            // match's leading one (`10.0.0.1,10.0.0.2`), but never back up
+            // more than a few bytes: re-scanning long match tails would make
+            // the scan quadratic.
+            let mut resume = value_end.max(we.saturating_sub(MAX_RESCAN));
+            while !hay.is_char_boundary(resume) {
+                resume += 1;
+            }
             pos = if resume > pos { resume } else { next_char_boundary(hay, pos.max(ws)) };
         }
     }

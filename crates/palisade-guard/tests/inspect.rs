@@ -441,3 +441,19 @@ fn mcp_tool_results_are_scanned() {
     assert!(findings.iter().all(|f| f.location == FindingLocation::Response));
     assert_eq!(g.inspect_mcp_response(b"event: message"), (vec![], None));
 }
+
+#[test]
+fn long_overlapping_matches_stay_linear() {
+    // A rule whose value is one byte at the head of an unbounded match: with
+    // naive resumption this is quadratic; it must finish and count each run once.
+    let cfg = Guardrails {
+        custom: vec![CustomRule { id: "runs".into(), regex: Some(r"(q)q*".into()), keywords: vec![], action: GuardAction::Log }],
+        ..Guardrails::default()
+    };
+    let g = Guard::new(&cfg).unwrap();
+    let text = "q".repeat(2 << 20);
+    let (findings, _) = g.inspect_response_text(&text);
+    let runs = findings.iter().find(|f| f.detector == "runs").unwrap();
+    // One match for the run, plus at most one per re-scanned tail byte.
+    assert!(runs.count <= 5, "one long run, not one per byte: {}", runs.count);
+}
