@@ -316,6 +316,30 @@ async fn agent_started_before_the_server_records_then_enrolls_and_uploads() {
 }
 
 #[tokio::test]
+async fn a_refused_or_missing_token_is_reported_and_the_proxy_keeps_recording() {
+    let cp = ControlPlane::start().await;
+    for (token, want) in [(Some("pal_enroll_made_up"), "enrollment token refused"), (None, "no enrollment token")] {
+        let link = ServerLink { enrollment_token: token.map(str::to_string), ..cp.link().await };
+        let mut h = agent(link, None).await;
+        let mut status = h.sync.as_ref().unwrap().watch();
+        let err = tokio::time::timeout(WAIT, status.wait_for(|s| s.last_error.is_some()))
+            .await
+            .expect("the failure is reported")
+            .unwrap()
+            .last_error
+            .clone()
+            .unwrap();
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains("pal_enroll_made_up"), "the token is never echoed: {err}");
+        traffic(&mut h, 1).await;
+        assert_eq!(h.spool.peek(10).await.unwrap().len(), 1, "recorded locally");
+        assert!(h.sync.as_ref().unwrap().status().device_id.is_none());
+        h.stop().await;
+    }
+    assert!(cp.devices().await.is_empty());
+}
+
+#[tokio::test]
 async fn server_down_for_a_while_then_every_event_arrives_once() {
     let mut cp = ControlPlane::start().await;
     let mut h = agent(cp.link().await, None).await;
@@ -591,4 +615,43 @@ async fn pipe(client: TcpStream, server: TcpStream, mut frozen: watch::Receiver<
         }
     };
     tokio::join!(up, down);
+}
+
+/// Measurement, not a check: how fast one agent drains a backlog of ~2 KB
+/// records into the in-process server (SQLite). Run with
+/// `cargo test -p palisade-agent --test sync_e2e -- --ignored --nocapture drain_rate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn drain_rate() {
+    const N: usize = 20_000;
+    let cp = ControlPlane::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let data_dir = state.path().join("agent");
+    let spool = palisade_spool::Spool::open(&data_dir.join("spool.db"), Default::default()).await.unwrap();
+    let mut batch = Vec::new();
+    for _ in 0..N {
+        let mut ev = AuditEvent::new(
+            EventKind::Interaction,
+            DeviceRef { id: "local".into(), hostname: "h".into(), os: "linux".into() },
+            UserRef::default(),
+        );
+        ev.details = json!({"pad": "x".repeat(1800)});
+        batch.push(ev);
+        if batch.len() == 1000 {
+            spool.append_batch(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    spool.close().await;
+    let h = agent(cp.link().await, Some(data_dir)).await;
+    enrolled(&h.sync).await;
+    let started = std::time::Instant::now();
+    let mut status = h.sync.as_ref().unwrap().watch();
+    tokio::time::timeout(Duration::from_secs(600), status.wait_for(|s| s.uploaded_events >= N as u64))
+        .await
+        .unwrap()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("drained {N} records of ~2 KB in {secs:.2} s: {:.0} events/s", N as f64 / secs);
+    h.stop().await;
 }

@@ -201,7 +201,7 @@ pub async fn run(
     };
     let sync = agent.sync.clone().expect("server is configured");
     let ca_cert = agent.ca.cert_path().to_path_buf();
-    let ca_bundle = match palisade_tls_bundle(&agent, &data_dir) {
+    let ca_bundle = match write_ca_bundle(&agent, &data_dir) {
         Ok(p) => Some(p),
         Err(error) => {
             warn!(%error, "No combined CA bundle (SSL_CERT_FILE); use NODE_EXTRA_CA_CERTS or trust the CA by hand");
@@ -251,7 +251,7 @@ async fn stop(server: ServerTask, stop_server: oneshot::Sender<()>, agent: Optio
     }
 }
 
-fn palisade_tls_bundle(agent: &Agent, data_dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+fn write_ca_bundle(agent: &Agent, data_dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let pem = palisade_tls::combined_bundle_pem(&agent.ca)?;
     let path = data_dir.join("ca-bundle.pem");
     write_file(&path, pem.as_bytes())?;
