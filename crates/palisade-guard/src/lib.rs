@@ -67,6 +67,11 @@ impl Guard {
             all.extend(loaded.rules);
             global_allow = loaded.global_allow;
         }
+        for id in cfg.actions.keys() {
+            if !all.iter().any(|r| *r.id == **id) {
+                tracing::warn!(detector = %id, "Guardrail action names no known detector; ignored");
+            }
+        }
         Ok(Guard {
             engine: scan::Engine::new(all, global_allow),
             enabled: cfg.enabled,
