@@ -18,7 +18,7 @@
 //!   `data_dir/policy-cache.json` (atomic rename) and, once enrolled, is
 //!   what the agent enforces at start, before the server is reachable.
 //! - **Audit records.** They live in the spool until the server acknowledges
-//!   them; see [`upload`] for the ack rule. A crash, a server restart or a
+//!   them; see `upload.rs` for the ack rule. A crash, a server restart or a
 //!   lost ack means a re-send, and the server deduplicates by event id.
 //!
 //! # Backoff
