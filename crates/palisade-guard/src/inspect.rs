@@ -290,13 +290,13 @@ fn select(endpoint: Endpoint, root: &Node, body: &[u8]) -> Vec<Target> {
 
 /// Findings aggregated per (detector, path), in first-seen order.
 #[derive(Default)]
-struct Findings {
-    list: Vec<Finding>,
+pub(crate) struct Findings {
+    pub(crate) list: Vec<Finding>,
     index: HashMap<(String, Option<String>), usize>,
 }
 
 impl Findings {
-    fn add(&mut self, detector: &str, action: &str, location: FindingLocation, path: Option<&str>, n: u32) {
+    pub(crate) fn add(&mut self, detector: &str, action: &str, location: FindingLocation, path: Option<&str>, n: u32) {
         let key = (detector.to_string(), path.map(str::to_string));
         match self.index.get(&key) {
             Some(&i) => self.list[i].count = self.list[i].count.saturating_add(n),

@@ -21,6 +21,7 @@ mod normalize;
 mod redact;
 mod rules;
 mod scan;
+mod stream;
 mod validate;
 mod window;
 
@@ -29,11 +30,13 @@ pub use inspect::{Verdict, VerdictAction};
 pub use redact::Redactor;
 pub use rules::{builtin_ids, MAX_PATTERN_LEN, USER_REGEX_SIZE_LIMIT};
 pub use scan::{Match, MAX_MATCHES_PER_RULE};
+pub use stream::{ResponseStream, TAIL_BYTES};
 pub use validate::{iban_mod97, luhn_valid, shannon_entropy};
 
 use palisade_core::policy::Guardrails;
 use palisade_core::Finding;
 use std::fmt;
+use std::sync::Arc;
 
 /// Compiled guardrails for one policy version.
 pub struct Guard {
@@ -123,6 +126,14 @@ impl Guard {
     /// response in flight is not rewritten). Empty when `scan_responses` is off.
     pub fn inspect_response_text(&self, text: &str) -> (Vec<Finding>, Option<String>) {
         inspect::inspect_response_text(self, text)
+    }
+
+    /// Scan a streamed response incrementally: push text deltas as they
+    /// pass, learn of a block rule as soon as it matches, and get the same
+    /// findings as [`Guard::inspect_response_text`] on the whole text at
+    /// [`ResponseStream::finish`]. Memory stays bounded.
+    pub fn response_stream(self: &Arc<Self>) -> ResponseStream {
+        ResponseStream::new(Arc::clone(self))
     }
 
     /// Inspect an MCP JSON-RPC response body (one message or a batch; for
