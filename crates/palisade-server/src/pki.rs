@@ -17,10 +17,11 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
-use tracing::info;
+use tracing::{info, warn};
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(397 * 86_400);
+const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Certificates are valid from a little before issue, for clock skew.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
@@ -84,17 +85,35 @@ impl ServerPki {
             .map_err(|source| bad(&ca_cert_path, "CA certificate", source))?;
 
         let (srv_cert_path, srv_key_path) = (cfg.server_cert_path(), cfg.server_key_path());
-        let (server_cert_pem, server_key_pem) = if srv_cert_path.exists() || srv_key_path.exists() {
+        let operator_provided = cfg.tls.server_cert.is_some();
+        let existing = if srv_cert_path.exists() || srv_key_path.exists() {
             let key_pem = read(&srv_key_path)?;
             KeyPair::from_pem(&key_pem).map_err(|source| bad(&srv_key_path, "server private key", source))?;
-            (read(&srv_cert_path)?, key_pem)
+            let cert_pem = read(&srv_cert_path)?;
+            match server_cert_problem(&cert_pem, &cfg.hostnames) {
+                None => Some((cert_pem, key_pem)),
+                Some(problem) if operator_provided => {
+                    warn!(path = %srv_cert_path.display(), problem, "Configured server certificate needs attention");
+                    Some((cert_pem, key_pem))
+                }
+                Some(problem) => {
+                    info!(path = %srv_cert_path.display(), problem, "Reissuing server certificate");
+                    None
+                }
+            }
         } else {
-            let key = KeyPair::generate().map_err(PkiError::Issue)?;
-            let cert = server_params(&cfg.hostnames)?.signed_by(&key, &issuer).map_err(PkiError::Issue)?.pem();
-            write_secret(&srv_key_path, &key.serialize_pem())?;
-            write_public(&srv_cert_path, &cert)?;
-            info!(path = %srv_cert_path.display(), hostnames = ?cfg.hostnames, "Created server certificate");
-            (cert, key.serialize_pem())
+            None
+        };
+        let (server_cert_pem, server_key_pem) = match existing {
+            Some(pair) => pair,
+            None => {
+                let key = KeyPair::generate().map_err(PkiError::Issue)?;
+                let cert = server_params(&cfg.hostnames)?.signed_by(&key, &issuer).map_err(PkiError::Issue)?.pem();
+                write_secret(&srv_key_path, &key.serialize_pem())?;
+                write_public(&srv_cert_path, &cert)?;
+                info!(path = %srv_cert_path.display(), hostnames = ?cfg.hostnames, "Created server certificate");
+                (cert, key.serialize_pem())
+            }
         };
         Ok(Self {
             ca_cert_pem,
@@ -224,6 +243,44 @@ fn server_params(hostnames: &[String]) -> Result<CertificateParams, PkiError> {
     Ok(p)
 }
 
+/// Why a server certificate we issued must be reissued: it expires within
+/// [`SERVER_CERT_RENEW_BEFORE`], or does not cover a configured host name.
+fn server_cert_problem(cert_pem: &str, hostnames: &[String]) -> Option<String> {
+    let der = match rustls_pemfile::certs(&mut cert_pem.as_bytes()).next() {
+        Some(Ok(der)) => der,
+        _ => return Some("not a PEM certificate".into()),
+    };
+    let (_, cert) = match x509_parser::parse_x509_certificate(&der) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("unparseable: {e}")),
+    };
+    let renew_at = SystemTime::now() + SERVER_CERT_RENEW_BEFORE;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    if SystemTime::UNIX_EPOCH + Duration::from_secs(not_after) < renew_at {
+        return Some("expires soon".into());
+    }
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    hostnames
+        .iter()
+        .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+        .find(|h| !names.contains(&h.to_ascii_lowercase()))
+        .map(|h| format!("does not cover host name {h}"))
+}
+
 fn bad(path: &Path, what: &'static str, source: rcgen::Error) -> PkiError {
     PkiError::BadMaterial { path: path.display().to_string(), what, source }
 }
@@ -331,6 +388,23 @@ mod tests {
         let der = rustls_pemfile::certs(&mut p.server_identity_pem().0.as_bytes()).next().unwrap().unwrap();
         assert!(matches!(device_id_from_cert(&der), Err(PkiError::NoDeviceId)));
         assert!(matches!(device_id_from_cert(b"junk"), Err(PkiError::BadCertificate(_))));
+    }
+
+    #[test]
+    fn server_cert_is_reissued_for_new_host_names_with_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = pki(dir.path());
+        let mut cfg = ServerConfig::for_data_dir(dir.path());
+        cfg.hostnames = vec!["palisade.example.com".into()];
+        let b = ServerPki::load_or_create(&cfg).unwrap();
+        assert_eq!(a.ca_cert_pem(), b.ca_cert_pem());
+        assert_ne!(a.server_identity_pem().0, b.server_identity_pem().0);
+        assert_eq!(server_cert_problem(b.server_identity_pem().0, &cfg.hostnames), None);
+        assert!(server_cert_problem(a.server_identity_pem().0, &cfg.hostnames).unwrap().contains("palisade.example.com"));
+        // Stable once it covers them.
+        let c = ServerPki::load_or_create(&cfg).unwrap();
+        assert_eq!(b.server_identity_pem(), c.server_identity_pem());
+        assert!(server_cert_problem("junk", &[]).is_some());
     }
 
     #[test]

@@ -122,3 +122,54 @@ async fn ingest_throughput_postgres() {
     measure(&srv, "postgres").await;
     srv.stop().await;
 }
+
+/// The store alone, no gRPC/TLS/JSON: the ceiling the server can reach.
+async fn measure_store(store: &palisade_server::Store, label: &str) {
+    use palisade_server::store::NewEvent;
+    let total = knob("INGEST_EVENTS", 200_000);
+    let batch_size = knob("INGEST_BATCH", 500);
+    let json = String::from_utf8(big_record("d").json).unwrap();
+    let batches: Vec<Vec<NewEvent>> = (0..total / batch_size)
+        .map(|_| {
+            (0..batch_size)
+                .map(|_| NewEvent {
+                    id: uuid::Uuid::now_v7(),
+                    time: chrono::Utc::now(),
+                    kind: "interaction".into(),
+                    provider: Some("openai".into()),
+                    model: Some("gpt-4o".into()),
+                    app: Some("cursor".into()),
+                    decision: Some("allow".into()),
+                    json: json.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, chunk) in batches.chunks(batches.len().div_ceil(4)).enumerate() {
+        let (store, chunk) = (store.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for b in chunk {
+                store.insert_events(&format!("d{i}"), &b).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{label} (store only, 4 writers): {total} events in {secs:.2}s = {:.0} events/s", total as f64 / secs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; run explicitly in release"]
+async fn store_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = palisade_server::Store::open_sqlite(&dir.path().join("x.db"), 8).await.unwrap();
+    measure_store(&s, "sqlite").await;
+    if let Some(url) = postgres_url() {
+        let s = palisade_server::Store::open_postgres(&url, Some(&fresh_schema()), 8).await.unwrap();
+        measure_store(&s, "postgres").await;
+    }
+}
