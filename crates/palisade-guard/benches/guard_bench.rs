@@ -31,7 +31,8 @@ const LOGS: &str = "2024-09-30T14:30:00.123Z INFO  http: request method=GET path
 latency_ms=12 peer=10.20.30.40:51234 user_agent=\"curl/8.4.0\"\n2024-09-30T14:30:01.456Z WARN  db: slow query \
 duration_ms=812 table=invoices rows=10423\n";
 
-const PII: &str = "Customer: jane.doe@acme-corp.com, phone +44 20 7946 0958, card 4111 1111 1111 1111. ";
+const PII: &str =
+    "Customer: jane.doe@acme-corp.com, phone +44 20 7946 0958, card 4111 1111 1111 1111. ";
 
 fn realistic(len: usize) -> String {
     let mut s = String::with_capacity(len + 1024);
@@ -41,7 +42,13 @@ fn realistic(len: usize) -> String {
             0 | 3 => PROSE,
             1 | 4 => CODE,
             2 | 5 => LOGS,
-            _ => if i % 21 == 6 { PII } else { PROSE },
+            _ => {
+                if i % 21 == 6 {
+                    PII
+                } else {
+                    PROSE
+                }
+            }
         });
         i += 1;
     }
@@ -73,7 +80,11 @@ fn main() {
     }
     let med = median(times);
     let mbps = text.len() as f64 / (1 << 20) as f64 / med.as_secs_f64();
-    println!("scan: {:.1} MB in {:.2} ms (median of {runs}) = {mbps:.0} MB/s per core", text.len() as f64 / (1 << 20) as f64, med.as_secs_f64() * 1e3);
+    println!(
+        "scan: {:.1} MB in {:.2} ms (median of {runs}) = {mbps:.0} MB/s per core",
+        text.len() as f64 / (1 << 20) as f64,
+        med.as_secs_f64() * 1e3
+    );
 
     // Pure prose (no digits-heavy logs) for contrast.
     let prose: String = PROSE.repeat((1 << 20) / PROSE.len());
@@ -84,7 +95,10 @@ fn main() {
         times.push(t.elapsed());
     }
     let med = median(times);
-    println!("scan prose only: {:.0} MB/s", prose.len() as f64 / (1 << 20) as f64 / med.as_secs_f64());
+    println!(
+        "scan prose only: {:.0} MB/s",
+        prose.len() as f64 / (1 << 20) as f64 / med.as_secs_f64()
+    );
 
     // Latency added to a 100 KB chat.completions request (log-only and redact).
     let prompt = realistic(100 * 1024);
@@ -97,7 +111,11 @@ fn main() {
     }))
     .expect("body");
     for (name, action) in [("log", GuardAction::Log), ("redact", GuardAction::Redact)] {
-        let g = Guard::new(&Guardrails { default_action: action, ..Guardrails::default() }).expect("guard");
+        let g = Guard::new(&Guardrails {
+            default_action: action,
+            ..Guardrails::default()
+        })
+        .expect("guard");
         let v = g.inspect_request("chat.completions", &body);
         assert!(!v.findings.is_empty());
         if action == GuardAction::Redact {

@@ -41,7 +41,11 @@ pub enum GuardError {
 }
 
 fn join(problems: &[RuleProblem]) -> String {
-    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl GuardError {

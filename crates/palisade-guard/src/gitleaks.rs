@@ -84,7 +84,11 @@ pub(crate) fn load(cfg: &Guardrails, text: &str, taken_ids: &[&str]) -> Result<L
     let mut rules_out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, r) in file.rules.iter().enumerate() {
-        let name = if r.id.trim().is_empty() { format!("rules[{i}]") } else { r.id.clone() };
+        let name = if r.id.trim().is_empty() {
+            format!("rules[{i}]")
+        } else {
+            r.id.clone()
+        };
         if r.id.trim().is_empty() {
             problems.push(RuleProblem::new(&name, "id is empty"));
             continue;
@@ -94,7 +98,10 @@ pub(crate) fn load(cfg: &Guardrails, text: &str, taken_ids: &[&str]) -> Result<L
             continue;
         }
         if taken_ids.contains(&r.id.as_str()) {
-            problems.push(RuleProblem::new(&name, "id collides with a built-in or policy detector"));
+            problems.push(RuleProblem::new(
+                &name,
+                "id collides with a built-in or policy detector",
+            ));
             continue;
         }
         let Some(pattern) = r.regex.as_deref() else {
@@ -117,13 +124,18 @@ pub(crate) fn load(cfg: &Guardrails, text: &str, taken_ids: &[&str]) -> Result<L
         if secret_group > groups {
             problems.push(RuleProblem::new(
                 &name,
-                format!("secretGroup is {secret_group} but the regex has {groups} capture group(s)"),
+                format!(
+                    "secretGroup is {secret_group} but the regex has {groups} capture group(s)"
+                ),
             ));
             continue;
         }
         if let Some(e) = r.entropy {
             if !(e.is_finite() && (0.0..=8.0).contains(&e)) {
-                problems.push(RuleProblem::new(&name, "entropy must be between 0 and 8 bits per byte"));
+                problems.push(RuleProblem::new(
+                    &name,
+                    "entropy must be between 0 and 8 bits per byte",
+                ));
                 continue;
             }
         }
@@ -141,7 +153,12 @@ pub(crate) fn load(cfg: &Guardrails, text: &str, taken_ids: &[&str]) -> Result<L
         if bad_allow {
             continue;
         }
-        let keywords: Vec<String> = r.keywords.iter().map(|k| k.trim().to_lowercase()).filter(|k| !k.is_empty()).collect();
+        let keywords: Vec<String> = r
+            .keywords
+            .iter()
+            .map(|k| k.trim().to_lowercase())
+            .filter(|k| !k.is_empty())
+            .collect();
         rules_out.push(Rule {
             id: Arc::from(r.id.as_str()),
             label: rules::label_for(&r.id),
@@ -167,13 +184,23 @@ pub(crate) fn load(cfg: &Guardrails, text: &str, taken_ids: &[&str]) -> Result<L
 }
 
 fn compile_allow(a: &GlAllow) -> Result<Allowlist, String> {
-    let target = match a.regex_target.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let target = match a
+        .regex_target
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("") | Some("secret") => AllowTarget::Secret,
         Some("match") => AllowTarget::Match,
         Some("line") => AllowTarget::Line,
         Some(_) => return Err("regexTarget must be secret, match or line".into()),
     };
-    let all = match a.condition.as_deref().map(str::to_ascii_uppercase).as_deref() {
+    let all = match a
+        .condition
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
         None | Some("") | Some("OR") => false,
         Some("AND") => true,
         Some(_) => return Err("condition must be OR or AND".into()),
@@ -186,7 +213,12 @@ fn compile_allow(a: &GlAllow) -> Result<Allowlist, String> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Allowlist {
         regexes,
-        stopwords: a.stopwords.iter().map(|s| s.to_lowercase()).filter(|s| !s.is_empty()).collect(),
+        stopwords: a
+            .stopwords
+            .iter()
+            .map(|s| s.to_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect(),
         target,
         all,
     })

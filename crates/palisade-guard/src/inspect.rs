@@ -33,7 +33,10 @@ impl fmt::Debug for VerdictAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VerdictAction::Allow => f.write_str("Allow"),
-            VerdictAction::Redact { body } => f.debug_struct("Redact").field("body_bytes", &body.len()).finish(),
+            VerdictAction::Redact { body } => f
+                .debug_struct("Redact")
+                .field("body_bytes", &body.len())
+                .finish(),
             VerdictAction::Block { rule } => f.debug_struct("Block").field("rule", rule).finish(),
         }
     }
@@ -127,7 +130,10 @@ struct Target {
 
 fn push_str(node: Option<&Node>, path: String, out: &mut Vec<Target>) {
     if let Some(span) = node.and_then(Node::str_span) {
-        out.push(Target { path, span: span.clone() });
+        out.push(Target {
+            path,
+            span: span.clone(),
+        });
     }
 }
 
@@ -145,7 +151,11 @@ fn all_strings(node: &Node, path: &str, out: &mut Vec<Target>) {
         }
         Node::Obj(fields) => {
             for (k, n) in fields {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 all_strings(n, &p, out);
             }
         }
@@ -171,7 +181,8 @@ fn content(node: Option<&Node>, path: &str, out: &mut Vec<Target>) {
                         if part.get("content").is_some() {
                             content(part.get("content"), &format!("{pp}.content"), out);
                         }
-                        if let Some(input) = part.get("input").filter(|n| matches!(n, Node::Obj(_))) {
+                        if let Some(input) = part.get("input").filter(|n| matches!(n, Node::Obj(_)))
+                        {
                             all_strings(input, &format!("{pp}.input"), out);
                         }
                         push_str(part.get("output"), format!("{pp}.output"), out);
@@ -205,7 +216,11 @@ fn select(endpoint: Endpoint, root: &Node, body: &[u8]) -> Vec<Target> {
         Endpoint::ChatCompletions => {
             if let Some(Node::Arr(msgs)) = root.get("messages") {
                 for (i, m) in msgs.iter().enumerate() {
-                    content(m.get("content"), &format!("messages[{i}].content"), &mut out);
+                    content(
+                        m.get("content"),
+                        &format!("messages[{i}].content"),
+                        &mut out,
+                    );
                     if let Some(Node::Arr(calls)) = m.get("tool_calls") {
                         for (k, c) in calls.iter().enumerate() {
                             push_str(
@@ -249,7 +264,11 @@ fn select(endpoint: Endpoint, root: &Node, body: &[u8]) -> Vec<Target> {
             content(root.get("system"), "system", &mut out);
             if let Some(Node::Arr(msgs)) = root.get("messages") {
                 for (i, m) in msgs.iter().enumerate() {
-                    content(m.get("content"), &format!("messages[{i}].content"), &mut out);
+                    content(
+                        m.get("content"),
+                        &format!("messages[{i}].content"),
+                        &mut out,
+                    );
                 }
             }
         }
@@ -265,7 +284,10 @@ fn select(endpoint: Endpoint, root: &Node, body: &[u8]) -> Vec<Target> {
         }
         Endpoint::Mcp => {
             let mut one = |msg: &Node, prefix: &str| {
-                let method = msg.get("method").and_then(Node::str_span).and_then(|s| json::decode(body, s).ok());
+                let method = msg
+                    .get("method")
+                    .and_then(Node::str_span)
+                    .and_then(|s| json::decode(body, s).ok());
                 if matches!(method.as_deref(), Some("tools/call") | Some("prompts/get")) {
                     if let Some(args) = msg.get("params").and_then(|p| p.get("arguments")) {
                         all_strings(args, &format!("{prefix}params.arguments"), &mut out);
@@ -296,7 +318,14 @@ pub(crate) struct Findings {
 }
 
 impl Findings {
-    pub(crate) fn add(&mut self, detector: &str, action: &str, location: FindingLocation, path: Option<&str>, n: u32) {
+    pub(crate) fn add(
+        &mut self,
+        detector: &str,
+        action: &str,
+        location: FindingLocation,
+        path: Option<&str>,
+        n: u32,
+    ) {
         let key = (detector.to_string(), path.map(str::to_string));
         match self.index.get(&key) {
             Some(&i) => self.list[i].count = self.list[i].count.saturating_add(n),
@@ -328,7 +357,11 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
     };
     // With repeated keys, which value a provider reads is parser-specific
     // and every copy goes over the wire: scan every string, never rewrite.
-    let ep = if duplicate_keys { Endpoint::Unknown } else { Endpoint::parse(endpoint) };
+    let ep = if duplicate_keys {
+        Endpoint::Unknown
+    } else {
+        Endpoint::parse(endpoint)
+    };
     let targets = select(ep, &root, body);
 
     let mut findings = Findings::default();
@@ -342,19 +375,37 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
         };
         let out = guard.engine.scan(&text);
         for m in &out.matches {
-            findings.add(&m.detector, m.action.as_str(), FindingLocation::Request, Some(&t.path), 1);
+            findings.add(
+                &m.detector,
+                m.action.as_str(),
+                FindingLocation::Request,
+                Some(&t.path),
+                1,
+            );
             match m.action {
                 GuardAction::Block if block.is_none() => block = Some((ti, m.detector.to_string())),
-                GuardAction::Redact if redact_rule.is_none() => redact_rule = Some(m.detector.to_string()),
+                GuardAction::Redact if redact_rule.is_none() => {
+                    redact_rule = Some(m.detector.to_string())
+                }
                 _ => {}
             }
         }
         for (ri, n) in &out.overflow {
             let r = &guard.engine.rules[*ri];
-            findings.add(&r.id, r.action.as_str(), FindingLocation::Request, Some(&t.path), *n);
+            findings.add(
+                &r.id,
+                r.action.as_str(),
+                FindingLocation::Request,
+                Some(&t.path),
+                *n,
+            );
         }
         if block.is_none() {
-            let redacts: Vec<Match> = out.matches.into_iter().filter(|m| m.action == GuardAction::Redact).collect();
+            let redacts: Vec<Match> = out
+                .matches
+                .into_iter()
+                .filter(|m| m.action == GuardAction::Redact)
+                .collect();
             if !redacts.is_empty() {
                 pending.push((t.span.clone(), text, redacts));
             }
@@ -386,7 +437,9 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
             error: Some(if duplicate_keys {
                 "redaction is not supported for a body with duplicate JSON keys; request blocked instead".to_string()
             } else {
-                format!("redaction is not supported for endpoint {endpoint:?}; request blocked instead")
+                format!(
+                    "redaction is not supported for endpoint {endpoint:?}; request blocked instead"
+                )
             }),
         };
     }
@@ -395,7 +448,12 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
         .iter()
         .map(|(span, text, ms)| {
             let refs: Vec<&Match> = ms.iter().collect();
-            let new = redact::apply(text, &refs, |m| guard.engine.rules[m.rule].label.clone(), &mut redactor);
+            let new = redact::apply(
+                text,
+                &refs,
+                |m| guard.engine.rules[m.rule].label.clone(),
+                &mut redactor,
+            );
             (span.clone(), json::encode(&new))
         })
         .collect();
@@ -404,7 +462,12 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
 }
 
 /// Splice the edits and check the result still parses; block if it does not.
-fn finish_redaction(body: &[u8], edits: &[(Range<usize>, String)], rule: String, findings: Vec<Finding>) -> Verdict {
+fn finish_redaction(
+    body: &[u8],
+    edits: &[(Range<usize>, String)],
+    rule: String,
+    findings: Vec<Finding>,
+) -> Verdict {
     let new_body = json::splice(body, edits);
     if json::parse(&new_body).is_err() {
         tracing::error!(rule = %rule, "Redaction produced invalid JSON; request blocked");
@@ -440,19 +503,31 @@ pub(crate) fn inspect_mcp_response(guard: &Guard, body: &[u8]) -> (Vec<Finding>,
     if !guard.enabled || !guard.scan_responses || body.is_empty() {
         return (Vec::new(), None);
     }
-    let Ok(root) = json::parse(body) else { return (Vec::new(), None) };
+    let Ok(root) = json::parse(body) else {
+        return (Vec::new(), None);
+    };
     let mut targets = Vec::new();
     let mut one = |msg: &Node, prefix: &str| {
-        let Some(result) = msg.get("result") else { return };
+        let Some(result) = msg.get("result") else {
+            return;
+        };
         if let Some(Node::Arr(items)) = result.get("content") {
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{prefix}result.content[{i}]");
                 push_str(item.get("text"), format!("{p}.text"), &mut targets);
-                push_str(item.get("resource").and_then(|r| r.get("text")), format!("{p}.resource.text"), &mut targets);
+                push_str(
+                    item.get("resource").and_then(|r| r.get("text")),
+                    format!("{p}.resource.text"),
+                    &mut targets,
+                );
             }
         }
         if let Some(sc) = result.get("structuredContent") {
-            all_strings(sc, &format!("{prefix}result.structuredContent"), &mut targets);
+            all_strings(
+                sc,
+                &format!("{prefix}result.structuredContent"),
+                &mut targets,
+            );
         }
     };
     match &root {
@@ -484,17 +559,35 @@ impl ResponseScan {
         let out = guard.engine.scan(text);
         // A response already on its way cannot be rewritten: redact rules
         // are recorded as `log` here; block rules hold the response back.
-        let applied = |a: GuardAction| if a == GuardAction::Block { GuardAction::Block } else { GuardAction::Log };
+        let applied = |a: GuardAction| {
+            if a == GuardAction::Block {
+                GuardAction::Block
+            } else {
+                GuardAction::Log
+            }
+        };
         let mut first_block: Option<(usize, &str)> = None;
         for m in &out.matches {
-            self.findings.add(&m.detector, applied(m.action).as_str(), FindingLocation::Response, path, 1);
+            self.findings.add(
+                &m.detector,
+                applied(m.action).as_str(),
+                FindingLocation::Response,
+                path,
+                1,
+            );
             if m.action == GuardAction::Block && first_block.is_none_or(|(s, _)| m.start < s) {
                 first_block = Some((m.start, &m.detector));
             }
         }
         for (ri, n) in &out.overflow {
             let r = &guard.engine.rules[*ri];
-            self.findings.add(&r.id, applied(r.action).as_str(), FindingLocation::Response, path, *n);
+            self.findings.add(
+                &r.id,
+                applied(r.action).as_str(),
+                FindingLocation::Response,
+                path,
+                *n,
+            );
             if r.action == GuardAction::Block && first_block.is_none() {
                 first_block = Some((usize::MAX, &r.id));
             }
@@ -520,10 +613,25 @@ mod tests {
         let t = select(Endpoint::ChatCompletions, &root, body);
         assert_eq!(t.len(), 1);
         // A replacement that is not a JSON string literal.
-        let v = finish_redaction(body, &[(t[0].span.clone(), "[EMAIL_1]\"".into())], "email".into(), vec![]);
-        assert_eq!(v.action, VerdictAction::Block { rule: "email".into() });
+        let v = finish_redaction(
+            body,
+            &[(t[0].span.clone(), "[EMAIL_1]\"".into())],
+            "email".into(),
+            vec![],
+        );
+        assert_eq!(
+            v.action,
+            VerdictAction::Block {
+                rule: "email".into()
+            }
+        );
         assert_eq!(v.error.as_deref(), Some("redaction produced invalid JSON"));
-        let v = finish_redaction(body, &[(t[0].span.clone(), json::encode("[EMAIL_1]"))], "email".into(), vec![]);
+        let v = finish_redaction(
+            body,
+            &[(t[0].span.clone(), json::encode("[EMAIL_1]"))],
+            "email".into(),
+            vec![],
+        );
         assert!(matches!(v.action, VerdictAction::Redact { .. }));
     }
 
@@ -533,36 +641,62 @@ mod tests {
             (
                 "chat.completions",
                 r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"t"},{"type":"image_url","image_url":{"url":"u"}}]},{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}"}}]}]}"#,
-                &["messages[0].content", "messages[1].content[0].text", "messages[2].tool_calls[0].function.arguments"],
+                &[
+                    "messages[0].content",
+                    "messages[1].content[0].text",
+                    "messages[2].tool_calls[0].function.arguments",
+                ],
             ),
             (
                 "responses",
                 r#"{"model":"m","instructions":"i","input":[{"role":"user","content":[{"type":"input_text","text":"x"}]},{"type":"function_call_output","output":"o"}]}"#,
-                &["instructions", "input[0].content[0].text", "input[1].output"],
+                &[
+                    "instructions",
+                    "input[0].content[0].text",
+                    "input[1].output",
+                ],
             ),
             ("responses", r#"{"model":"m","input":"hello"}"#, &["input"]),
-            ("embeddings", r#"{"model":"m","input":["a","b"]}"#, &["input[0]", "input[1]"]),
+            (
+                "embeddings",
+                r#"{"model":"m","input":["a","b"]}"#,
+                &["input[0]", "input[1]"],
+            ),
             (
                 "messages",
                 r#"{"model":"m","system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"id","content":[{"type":"text","text":"r"}]},{"type":"tool_use","id":"x","name":"n","input":{"q":"v"}}]}]}"#,
-                &["system[0].text", "messages[0].content[0].content[0].text", "messages[0].content[1].input.q"],
+                &[
+                    "system[0].text",
+                    "messages[0].content[0].content[0].text",
+                    "messages[0].content[1].input.q",
+                ],
             ),
             (
                 "generateContent",
                 r#"{"systemInstruction":{"parts":[{"text":"s"}]},"contents":[{"role":"user","parts":[{"text":"a"},{"inlineData":{"data":"AAAA"}}]}]}"#,
-                &["systemInstruction.parts[0].text", "contents[0].parts[0].text"],
+                &[
+                    "systemInstruction.parts[0].text",
+                    "contents[0].parts[0].text",
+                ],
             ),
             (
                 "mcp",
                 r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run","arguments":{"cmd":"ls","env":{"K":"v"}}}}"#,
                 &["params.arguments.cmd", "params.arguments.env.K"],
             ),
-            ("mcp", r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#, &[]),
+            (
+                "mcp",
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#,
+                &[],
+            ),
             ("other", r#"{"a":{"b":["x"]},"c":"y"}"#, &["a.b[0]", "c"]),
         ];
         for (ep, body, want) in cases {
             let root = json::parse(body.as_bytes()).unwrap();
-            let got: Vec<String> = select(Endpoint::parse(ep), &root, body.as_bytes()).into_iter().map(|t| t.path).collect();
+            let got: Vec<String> = select(Endpoint::parse(ep), &root, body.as_bytes())
+                .into_iter()
+                .map(|t| t.path)
+                .collect();
             assert_eq!(&got, want, "{ep}");
         }
     }

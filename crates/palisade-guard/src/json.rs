@@ -160,7 +160,12 @@ impl Parser<'_> {
             }
             b'"' => Ok(Node::Str(self.string()?)),
             _ => {
-                while self.i < self.b.len() && !matches!(self.b[self.i], b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r') {
+                while self.i < self.b.len()
+                    && !matches!(
+                        self.b[self.i],
+                        b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'
+                    )
+                {
                     self.i += 1;
                 }
                 Ok(Node::Other)
@@ -193,7 +198,9 @@ mod tests {
     fn spans_and_decoding() {
         let body = br#"{"a": [1, "x\u0041y", {"k\"": "v"}], "b": true}"#;
         let n = parse(body).unwrap();
-        let Node::Arr(items) = n.get("a").unwrap() else { panic!() };
+        let Node::Arr(items) = n.get("a").unwrap() else {
+            panic!()
+        };
         let span = items[1].str_span().unwrap();
         assert_eq!(decode(body, span).unwrap(), "xAy");
         let Node::Obj(f) = &items[2] else { panic!() };
@@ -206,7 +213,10 @@ mod tests {
         let n = parse(body).unwrap();
         let span = n.get("s").unwrap().str_span().unwrap().clone();
         let out = splice(body, &[(span, encode("[X_1] \"quoted\""))]);
-        assert_eq!(std::str::from_utf8(&out).unwrap(), r#"{"n": 1.50, "s": "[X_1] \"quoted\"",  "t": "keep"}"#);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"n": 1.50, "s": "[X_1] \"quoted\"",  "t": "keep"}"#
+        );
         parse(&out).unwrap();
     }
 

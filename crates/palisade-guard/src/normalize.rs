@@ -44,7 +44,11 @@ pub(crate) struct Normalized<'a> {
 
 impl<'a> Normalized<'a> {
     pub(crate) fn new(original: &'a str) -> Self {
-        if original.is_ascii() || !original.chars().any(|c| is_stripped(c) || mapped(c).is_some()) {
+        if original.is_ascii()
+            || !original
+                .chars()
+                .any(|c| is_stripped(c) || mapped(c).is_some())
+        {
             return Self {
                 text: Cow::Borrowed(original),
                 segs: Vec::new(),

@@ -52,7 +52,9 @@ impl Redactor {
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Redactor").field("placeholders", &self.seen.len()).finish()
+        f.debug_struct("Redactor")
+            .field("placeholders", &self.seen.len())
+            .finish()
     }
 }
 
@@ -105,7 +107,11 @@ mod tests {
         assert_eq!(r.placeholder(&email, "b@x.io"), "[EMAIL_2]");
         assert_eq!(r.placeholder(&email, "a@x.io"), "[EMAIL_1]");
         assert_eq!(r.placeholder(&key, "a@x.io"), "[KEY_1]");
-        assert_eq!(r.placeholder(&email, "a@x\u{200B}.io"), "[EMAIL_1]", "invisible chars ignored");
+        assert_eq!(
+            r.placeholder(&email, "a@x\u{200B}.io"),
+            "[EMAIL_1]",
+            "invisible chars ignored"
+        );
         assert_eq!(r.len(), 3);
     }
 
@@ -130,7 +136,12 @@ mod tests {
         let a = mk(0, 5, 1);
         let b = mk(3, 8, 2);
         let mut r = Redactor::new();
-        let out = apply("abcdefghij", &[&a, &b], |m| Arc::from(format!("R{}", m.rank)), &mut r);
+        let out = apply(
+            "abcdefghij",
+            &[&a, &b],
+            |m| Arc::from(format!("R{}", m.rank)),
+            &mut r,
+        );
         assert_eq!(out, "[R2_1]ij");
     }
 }

@@ -100,7 +100,10 @@ pub(crate) enum Gate {
     /// (`^(?:...)`) regex at each keyword hit instead of scanning the text.
     AtKeyword(Regex),
     /// Only around digit runs with at least this many digits and dots.
-    Digits { min_digits: u32, min_dots: u32 },
+    Digits {
+        min_digits: u32,
+        min_dots: u32,
+    },
     /// Only around hex runs with two or more colons (IPv6 candidates).
     HexColons,
 }
@@ -109,7 +112,13 @@ pub(crate) enum Gate {
 pub(crate) fn label_for(id: &str) -> Arc<str> {
     let mut s: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         s.push_str("SECRET");
@@ -340,7 +349,16 @@ const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         id: "database_url",
-        keywords: &["postgres", "mysql", "mariadb", "mongodb", "redis", "amqp", "mssql", "sqlserver"],
+        keywords: &[
+            "postgres",
+            "mysql",
+            "mariadb",
+            "mongodb",
+            "redis",
+            "amqp",
+            "mssql",
+            "sqlserver",
+        ],
         regex: r#"\b((?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver)://[^\s:/@"'<>]*:[^\s/@"'<>]+@[^\s/"'<>?#]+)"#,
         group: 1,
         entropy: None,
@@ -351,8 +369,21 @@ const BUILTINS: &[Builtin] = &[
     Builtin {
         id: "generic_secret",
         keywords: &[
-            "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key", "access_key",
-            "access-key", "accesskey", "auth_key", "auth-key", "authkey", "credential",
+            "password",
+            "passwd",
+            "pwd",
+            "secret",
+            "token",
+            "api_key",
+            "apikey",
+            "api-key",
+            "access_key",
+            "access-key",
+            "accesskey",
+            "auth_key",
+            "auth-key",
+            "authkey",
+            "credential",
         ],
         regex: r#"(?i)(?:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|credentials?)[A-Za-z0-9_.\-]{0,24}["'`]?\s{0,4}(?::=|=>|[:=])\s{0,4}["'`]?([A-Za-z0-9+/=_\-.!@#$%^&*~]{8,200})"#,
         group: 1,
@@ -435,7 +466,9 @@ const BUILTINS: &[Builtin] = &[
 
 fn builtin_regex(pattern: &str) -> Result<Regex, regex::Error> {
     let p = pattern.replace(r"\b", r"(?-u:\b)");
-    RegexBuilder::new(&p).size_limit(BUILTIN_REGEX_SIZE_LIMIT).build()
+    RegexBuilder::new(&p)
+        .size_limit(BUILTIN_REGEX_SIZE_LIMIT)
+        .build()
 }
 
 /// The built-in rules with actions from policy.
@@ -446,7 +479,8 @@ pub(crate) fn builtins(cfg: &Guardrails) -> Vec<Rule> {
             id: Arc::from(b.id),
             label: label_for(b.id),
             // Built-in patterns are constants covered by tests; a failure is a bug.
-            regex: builtin_regex(b.regex).unwrap_or_else(|e| panic!("built-in rule {} does not compile: {e}", b.id)),
+            regex: builtin_regex(b.regex)
+                .unwrap_or_else(|e| panic!("built-in rule {} does not compile: {e}", b.id)),
             keywords: b.keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
             secret_group: b.group,
             entropy: b.entropy,
@@ -457,7 +491,10 @@ pub(crate) fn builtins(cfg: &Guardrails) -> Vec<Rule> {
                     builtin_regex(&format!("^(?:{})", b.regex))
                         .unwrap_or_else(|e| panic!("built-in rule {} does not compile: {e}", b.id)),
                 ),
-                BGate::Digits(min_digits, min_dots) => Gate::Digits { min_digits, min_dots },
+                BGate::Digits(min_digits, min_dots) => Gate::Digits {
+                    min_digits,
+                    min_dots,
+                },
                 BGate::HexColons => Gate::HexColons,
             },
             allowlists: Vec::new(),
@@ -491,7 +528,10 @@ fn compile_bounded(pattern: &str, allow_empty: bool) -> Result<Regex, String> {
         return Err("regex is empty".into());
     }
     if pattern.len() > MAX_PATTERN_LEN {
-        return Err(format!("regex is {} bytes, longer than the {MAX_PATTERN_LEN}-byte limit", pattern.len()));
+        return Err(format!(
+            "regex is {} bytes, longer than the {MAX_PATTERN_LEN}-byte limit",
+            pattern.len()
+        ));
     }
     let hir = regex_syntax::ParserBuilder::new()
         .nest_limit(64)
@@ -500,7 +540,9 @@ fn compile_bounded(pattern: &str, allow_empty: bool) -> Result<Regex, String> {
         .map_err(describe_syntax_error)?;
     match hir.properties().minimum_len() {
         _ if allow_empty => {}
-        Some(0) => return Err("regex can match the empty string, so it would match everywhere".into()),
+        Some(0) => {
+            return Err("regex can match the empty string, so it would match everywhere".into())
+        }
         None => return Err("regex can never match anything".into()),
         Some(_) => {}
     }
@@ -520,17 +562,31 @@ fn compile_bounded(pattern: &str, allow_empty: bool) -> Result<Regex, String> {
 fn describe_syntax_error(e: regex_syntax::Error) -> String {
     match e {
         regex_syntax::Error::Parse(p) => {
-            let hint = if matches!(p.kind(), regex_syntax::ast::ErrorKind::UnsupportedLookAround) {
+            let hint = if matches!(
+                p.kind(),
+                regex_syntax::ast::ErrorKind::UnsupportedLookAround
+            ) {
                 " (look-around is not supported: RE2/Rust regex syntax only)"
-            } else if matches!(p.kind(), regex_syntax::ast::ErrorKind::UnsupportedBackreference) {
+            } else if matches!(
+                p.kind(),
+                regex_syntax::ast::ErrorKind::UnsupportedBackreference
+            ) {
                 " (backreferences are not supported: RE2/Rust regex syntax only)"
             } else {
                 ""
             };
-            format!("regex syntax error at offset {}: {}{hint}", p.span().start.offset, p.kind())
+            format!(
+                "regex syntax error at offset {}: {}{hint}",
+                p.span().start.offset,
+                p.kind()
+            )
         }
         regex_syntax::Error::Translate(t) => {
-            format!("regex syntax error at offset {}: {}", t.span().start.offset, t.kind())
+            format!(
+                "regex syntax error at offset {}: {}",
+                t.span().start.offset,
+                t.kind()
+            )
         }
         _ => "regex syntax error".to_string(),
     }
@@ -543,11 +599,17 @@ fn keyword_regex(keywords: &[String]) -> Result<Regex, String> {
         .iter()
         .map(|k| {
             let mut s = String::new();
-            if k.chars().next().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            if k.chars()
+                .next()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            {
                 s.push_str(r"\b");
             }
             s.push_str(&regex::escape(k));
-            if k.chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            if k.chars()
+                .last()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            {
                 s.push_str(r"\b");
             }
             s
@@ -572,7 +634,9 @@ pub(crate) fn compile_custom(rule: &CustomRule) -> Result<Rule, Vec<String>> {
             None
         }
         (Some(p), _) => compile_user_regex(p).map_err(|r| reasons.push(r)).ok(),
-        (None, false) if reasons.is_empty() => keyword_regex(&keywords).map_err(|r| reasons.push(r)).ok(),
+        (None, false) if reasons.is_empty() => {
+            keyword_regex(&keywords).map_err(|r| reasons.push(r)).ok()
+        }
         (None, false) => None,
     };
     match regex {
@@ -600,18 +664,27 @@ pub(crate) fn compile_customs(cfg: &Guardrails) -> (Vec<Rule>, Vec<RuleProblem>)
     let mut seen = std::collections::HashSet::new();
     let builtin = builtin_ids();
     for (i, c) in cfg.custom.iter().enumerate() {
-        let name = if c.id.trim().is_empty() { format!("custom[{i}]") } else { c.id.clone() };
+        let name = if c.id.trim().is_empty() {
+            format!("custom[{i}]")
+        } else {
+            c.id.clone()
+        };
         if !c.id.trim().is_empty() && !seen.insert(c.id.clone()) {
             problems.push(RuleProblem::new(&name, "duplicate rule id"));
             continue;
         }
         if builtin.contains(&c.id.as_str()) {
-            problems.push(RuleProblem::new(&name, "id collides with a built-in detector"));
+            problems.push(RuleProblem::new(
+                &name,
+                "id collides with a built-in detector",
+            ));
             continue;
         }
         match compile_custom(c) {
             Ok(r) => rules.push(r),
-            Err(reasons) => problems.extend(reasons.into_iter().map(|r| RuleProblem::new(&name, r))),
+            Err(reasons) => {
+                problems.extend(reasons.into_iter().map(|r| RuleProblem::new(&name, r)))
+            }
         }
     }
     (rules, problems)
@@ -625,7 +698,9 @@ mod tests {
     fn every_builtin_compiles_and_ids_are_unique_snake_case() {
         let rules = builtins(&Guardrails::default());
         let mut ids: Vec<&str> = rules.iter().map(|r| &*r.id).collect();
-        assert!(ids.iter().all(|id| id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+        assert!(ids.iter().all(|id| id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), rules.len());
@@ -634,14 +709,30 @@ mod tests {
     #[test]
     fn user_regex_rejections_say_why() {
         assert!(compile_user_regex("").unwrap_err().contains("empty"));
-        assert!(compile_user_regex("a*").unwrap_err().contains("empty string"));
-        assert!(compile_user_regex("x|").unwrap_err().contains("empty string"));
-        assert!(compile_user_regex("[^\\s\\S]").unwrap_err().contains("never match"));
-        assert!(compile_user_regex("(?=abc)abc").unwrap_err().contains("look-around"));
-        assert!(compile_user_regex("(a)\\1").unwrap_err().contains("backreferences"));
-        assert!(compile_user_regex("(unclosed").unwrap_err().contains("syntax error"));
-        assert!(compile_user_regex(&"a".repeat(MAX_PATTERN_LEN + 1)).unwrap_err().contains("limit"));
-        assert!(compile_user_regex(r"\w{1000}\w{1000}").unwrap_err().contains("too large"));
+        assert!(compile_user_regex("a*")
+            .unwrap_err()
+            .contains("empty string"));
+        assert!(compile_user_regex("x|")
+            .unwrap_err()
+            .contains("empty string"));
+        assert!(compile_user_regex("[^\\s\\S]")
+            .unwrap_err()
+            .contains("never match"));
+        assert!(compile_user_regex("(?=abc)abc")
+            .unwrap_err()
+            .contains("look-around"));
+        assert!(compile_user_regex("(a)\\1")
+            .unwrap_err()
+            .contains("backreferences"));
+        assert!(compile_user_regex("(unclosed")
+            .unwrap_err()
+            .contains("syntax error"));
+        assert!(compile_user_regex(&"a".repeat(MAX_PATTERN_LEN + 1))
+            .unwrap_err()
+            .contains("limit"));
+        assert!(compile_user_regex(r"\w{1000}\w{1000}")
+            .unwrap_err()
+            .contains("too large"));
         assert!(compile_user_regex("(?i)acme-[0-9]{6}").is_ok());
     }
 

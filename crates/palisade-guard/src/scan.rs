@@ -9,12 +9,12 @@
 
 use crate::normalize::Normalized;
 use crate::rules::{Allowlist, Gate, Rule};
-use crate::window::{windows, Runs};
-use std::ops::Range;
 use crate::validate::shannon_entropy;
+use crate::window::{windows, Runs};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
-use regex::Regex;
 use palisade_core::policy::GuardAction;
+use regex::Regex;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Matches stored per rule and text for log/block rules; more are counted,
@@ -96,7 +96,12 @@ fn keyword_automaton(patterns: &[String]) -> Option<AhoCorasick> {
     }
 }
 
-fn add_keywords(patterns: &mut Vec<String>, owners: &mut Vec<Vec<usize>>, rule: usize, keywords: &[String]) {
+fn add_keywords(
+    patterns: &mut Vec<String>,
+    owners: &mut Vec<Vec<usize>>,
+    rule: usize,
+    keywords: &[String],
+) {
     for k in keywords {
         match patterns.iter().position(|p| p == k) {
             Some(pi) => owners[pi].push(rule),
@@ -209,7 +214,10 @@ impl Engine {
             sink.extra = 0;
             match &rule.gate {
                 Gate::Full => self.run_window(ri, t, 0..t.len(), &mut sink),
-                Gate::Digits { min_digits, min_dots } => {
+                Gate::Digits {
+                    min_digits,
+                    min_dots,
+                } => {
                     let runs = runs.get_or_insert_with(|| Runs::find(t));
                     let cands = runs
                         .digit_runs
@@ -226,7 +234,9 @@ impl Engine {
                         self.run_window(ri, t, w, &mut sink);
                     }
                 }
-                Gate::AtKeyword(anchored) if self.any_anchored => self.run_anchored(ri, anchored, t, &hits[ri], &mut sink),
+                Gate::AtKeyword(anchored) if self.any_anchored => {
+                    self.run_anchored(ri, anchored, t, &hits[ri], &mut sink)
+                }
                 Gate::AtKeyword(_) => self.run_window(ri, t, 0..t.len(), &mut sink),
             }
             if sink.extra > 0 {
@@ -246,16 +256,20 @@ impl Engine {
         let mut locs = rule.regex.capture_locations();
         let mut pos = 0usize;
         while pos <= hay.len() {
-            let Some(whole) = rule.regex.captures_read_at(&mut locs, hay, pos) else { break };
+            let Some(whole) = rule.regex.captures_read_at(&mut locs, hay, pos) else {
+                break;
+            };
             let (ws, we) = (whole.start(), whole.end());
             let value_end = match secret_range(rule, &locs, ws, we) {
-                Some((s, e)) => match self.accept(rule, t, (base + ws, base + we), (base + s, base + e)) {
-                    Some((s2, e2)) => {
-                        self.store(ri, s2, e2, sink);
-                        e2 - base
+                Some((s, e)) => {
+                    match self.accept(rule, t, (base + ws, base + we), (base + s, base + e)) {
+                        Some((s2, e2)) => {
+                            self.store(ri, s2, e2, sink);
+                            e2 - base
+                        }
+                        None => e,
                     }
-                    None => e,
-                },
+                }
                 None => we,
             };
             // Resume at the end of the value rather than of the whole match,
@@ -267,13 +281,24 @@ impl Engine {
             while !hay.is_char_boundary(resume) {
                 resume += 1;
             }
-            pos = if resume > pos { resume } else { next_char_boundary(hay, pos.max(ws)) };
+            pos = if resume > pos {
+                resume
+            } else {
+                next_char_boundary(hay, pos.max(ws))
+            };
         }
     }
 
     /// A rule whose every match starts with a keyword runs anchored at each
     /// keyword hit: its cost follows the hits, not the text length.
-    fn run_anchored(&self, ri: usize, anchored: &Regex, t: &str, hits: &[usize], sink: &mut Sink<'_>) {
+    fn run_anchored(
+        &self,
+        ri: usize,
+        anchored: &Regex,
+        t: &str,
+        hits: &[usize],
+        sink: &mut Sink<'_>,
+    ) {
         let rule = &self.rules[ri];
         let mut locs = anchored.capture_locations();
         let mut last_end = 0usize;
@@ -281,9 +306,18 @@ impl Engine {
             if pos < last_end {
                 continue;
             }
-            let Some(whole) = anchored.captures_read(&mut locs, &t[pos..]) else { continue };
-            let Some((s, e)) = secret_range(rule, &locs, whole.start(), whole.end()) else { continue };
-            let Some((s2, e2)) = self.accept(rule, t, (pos + whole.start(), pos + whole.end()), (pos + s, pos + e)) else {
+            let Some(whole) = anchored.captures_read(&mut locs, &t[pos..]) else {
+                continue;
+            };
+            let Some((s, e)) = secret_range(rule, &locs, whole.start(), whole.end()) else {
+                continue;
+            };
+            let Some((s2, e2)) = self.accept(
+                rule,
+                t,
+                (pos + whole.start(), pos + whole.end()),
+                (pos + s, pos + e),
+            ) else {
                 continue;
             };
             last_end = e2;
@@ -293,7 +327,11 @@ impl Engine {
 
     fn store(&self, ri: usize, s: usize, e: usize, sink: &mut Sink<'_>) {
         let rule = &self.rules[ri];
-        let cap = if rule.action == GuardAction::Redact { usize::MAX } else { MAX_MATCHES_PER_RULE };
+        let cap = if rule.action == GuardAction::Redact {
+            usize::MAX
+        } else {
+            MAX_MATCHES_PER_RULE
+        };
         if sink.stored < cap {
             let (os, oe) = sink.norm.to_original(s, e);
             sink.matches.push(Match {
@@ -311,7 +349,13 @@ impl Engine {
     }
 
     /// Validator, entropy and allowlists; returns the refined value range.
-    fn accept(&self, rule: &Rule, t: &str, whole: (usize, usize), (s, e): (usize, usize)) -> Option<(usize, usize)> {
+    fn accept(
+        &self,
+        rule: &Rule,
+        t: &str,
+        whole: (usize, usize),
+        (s, e): (usize, usize),
+    ) -> Option<(usize, usize)> {
         let (s, e) = match rule.check {
             Some(check) => {
                 let r = check(&t[s..e])?;
@@ -331,7 +375,12 @@ impl Engine {
         if !rule.allowlists.is_empty() || !self.global_allow.is_empty() {
             let line = line_around(t, whole.0, whole.1);
             let whole = &t[whole.0..whole.1];
-            if rule.allowlists.iter().chain(&self.global_allow).any(|a| a.allows(secret, whole, line)) {
+            if rule
+                .allowlists
+                .iter()
+                .chain(&self.global_allow)
+                .any(|a| a.allows(secret, whole, line))
+            {
                 return None;
             }
         }
@@ -341,11 +390,18 @@ impl Engine {
 
 /// The value's range inside a match: the rule's secret group, else the
 /// first non-empty group, else the whole match (gitleaks semantics).
-fn secret_range(rule: &Rule, locs: &regex::CaptureLocations, ws: usize, we: usize) -> Option<(usize, usize)> {
+fn secret_range(
+    rule: &Rule,
+    locs: &regex::CaptureLocations,
+    ws: usize,
+    we: usize,
+) -> Option<(usize, usize)> {
     let r = if rule.secret_group > 0 {
         locs.get(rule.secret_group)?
     } else {
-        (1..locs.len()).find_map(|g| locs.get(g).filter(|(a, b)| b > a)).unwrap_or((ws, we))
+        (1..locs.len())
+            .find_map(|g| locs.get(g).filter(|(a, b)| b > a))
+            .unwrap_or((ws, we))
     };
     (r.1 > r.0).then_some(r)
 }
@@ -368,7 +424,12 @@ fn line_around(t: &str, s: usize, e: usize) -> &str {
 /// least as strong (an email inside a database URL, an OpenAI-shaped prefix
 /// of an Anthropic key). Partial overlaps are kept; redaction merges them.
 fn suppress_contained(mut v: Vec<Match>) -> Vec<Match> {
-    v.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(b.rank.cmp(&a.rank)));
+    v.sort_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then(b.end.cmp(&a.end))
+            .then(b.rank.cmp(&a.rank))
+    });
     let mut kept: Vec<Match> = Vec::with_capacity(v.len());
     let mut open: Vec<usize> = Vec::new();
     for m in v {
@@ -402,12 +463,21 @@ mod tests {
 
     #[test]
     fn contained_lower_rank_is_dropped_unless_stronger() {
-        let out = suppress_contained(vec![m(5, 10, 1, GuardAction::Log), m(0, 20, 6, GuardAction::Log)]);
+        let out = suppress_contained(vec![
+            m(5, 10, 1, GuardAction::Log),
+            m(0, 20, 6, GuardAction::Log),
+        ]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rank, 6);
-        let out = suppress_contained(vec![m(5, 10, 1, GuardAction::Block), m(0, 20, 6, GuardAction::Log)]);
+        let out = suppress_contained(vec![
+            m(5, 10, 1, GuardAction::Block),
+            m(0, 20, 6, GuardAction::Log),
+        ]);
         assert_eq!(out.len(), 2, "a stronger action is never hidden");
-        let out = suppress_contained(vec![m(5, 25, 1, GuardAction::Log), m(0, 20, 6, GuardAction::Log)]);
+        let out = suppress_contained(vec![
+            m(5, 25, 1, GuardAction::Log),
+            m(0, 20, 6, GuardAction::Log),
+        ]);
         assert_eq!(out.len(), 2, "partial overlap kept");
     }
 
@@ -421,14 +491,22 @@ mod tests {
     }
 
     fn spans(e: &Engine, t: &str) -> Vec<(String, usize, usize)> {
-        let mut v: Vec<_> = e.scan(t).matches.into_iter().map(|m| (m.detector.to_string(), m.start, m.end)).collect();
+        let mut v: Vec<_> = e
+            .scan(t)
+            .matches
+            .into_iter()
+            .map(|m| (m.detector.to_string(), m.start, m.end))
+            .collect();
         v.sort();
         v
     }
 
     #[test]
     fn gates_never_lose_a_match() {
-        let gated = Engine::new(crate::rules::builtins(&palisade_core::policy::Guardrails::default()), Vec::new());
+        let gated = Engine::new(
+            crate::rules::builtins(&palisade_core::policy::Guardrails::default()),
+            Vec::new(),
+        );
         let full = ungated();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
         let mut lines = Vec::new();
@@ -436,7 +514,11 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "txt") {
                 let text = std::fs::read_to_string(path).unwrap();
-                lines.extend(text.lines().filter(|l| l.len() > 2).map(|l| l[2..].replace("\\n", "\n")));
+                lines.extend(
+                    text.lines()
+                        .filter(|l| l.len() > 2)
+                        .map(|l| l[2..].replace("\\n", "\n")),
+                );
             }
         }
         let mut checked = 0;
@@ -448,7 +530,11 @@ mod tests {
         let filler = "x".repeat(70);
         for sep in ["\n", " ", "", ";", &filler] {
             let joined = lines.join(sep);
-            assert_eq!(spans(&gated, &joined), spans(&full, &joined), "joined with {sep:?}");
+            assert_eq!(
+                spans(&gated, &joined),
+                spans(&full, &joined),
+                "joined with {sep:?}"
+            );
             checked += 1;
         }
         assert!(checked > 200);

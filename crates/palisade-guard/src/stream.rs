@@ -76,14 +76,28 @@ impl ResponseStream {
 
     fn scan(&mut self, last: bool) {
         let out = self.guard.engine.scan(&self.buf);
-        let limit = if last { self.buf.len() } else { self.buf.len().saturating_sub(HOLD_BYTES) };
+        let limit = if last {
+            self.buf.len()
+        } else {
+            self.buf.len().saturating_sub(HOLD_BYTES)
+        };
         for m in &out.matches {
             let abs_end = self.base + m.end;
             if abs_end <= self.counted_upto || m.end > limit {
                 continue;
             }
-            let action = if m.action == GuardAction::Block { GuardAction::Block } else { GuardAction::Log };
-            self.findings.add(&m.detector, action.as_str(), FindingLocation::Response, None, 1);
+            let action = if m.action == GuardAction::Block {
+                GuardAction::Block
+            } else {
+                GuardAction::Log
+            };
+            self.findings.add(
+                &m.detector,
+                action.as_str(),
+                FindingLocation::Response,
+                None,
+                1,
+            );
             if m.action == GuardAction::Block && self.block.is_none() {
                 tracing::info!(rule = %m.detector, "Guardrail blocks streamed response");
                 self.block = Some(m.detector.to_string());
@@ -184,7 +198,11 @@ mod tests {
         for _ in 0..10_000 {
             s.push("some streamed words with secret-ish hunter2 ");
         }
-        assert!(s.buf.len() <= TAIL_BYTES + BATCH_BYTES + HOLD_BYTES + 64, "{}", s.buf.len());
+        assert!(
+            s.buf.len() <= TAIL_BYTES + BATCH_BYTES + HOLD_BYTES + 64,
+            "{}",
+            s.buf.len()
+        );
         let d = format!("{s:?}");
         assert!(!d.contains("hunter2"), "{d}");
     }

@@ -65,18 +65,22 @@ fn card_iin_ok(d: &str) -> bool {
     let n = d.len();
     let p = |k: usize| d[..k].parse::<u32>().unwrap_or(0);
     match d.as_bytes()[0] {
-        b'4' => matches!(n, 13 | 16 | 19),                                          // Visa
-        b'5' => (51..=55).contains(&p(2)) && n == 16 || (p(2) == 50 || (56..=59).contains(&p(2))) && (12..=19).contains(&n), // Mastercard, Maestro
-        b'2' => (2221..=2720).contains(&p(4)) && n == 16,                           // Mastercard 2-series
+        b'4' => matches!(n, 13 | 16 | 19), // Visa
+        b'5' => {
+            (51..=55).contains(&p(2)) && n == 16
+                || (p(2) == 50 || (56..=59).contains(&p(2))) && (12..=19).contains(&n)
+        } // Mastercard, Maestro
+        b'2' => (2221..=2720).contains(&p(4)) && n == 16, // Mastercard 2-series
         b'3' => {
             (p(2) == 34 || p(2) == 37) && n == 15                                    // Amex
                 || ((300..=305).contains(&p(3)) || p(2) == 36 || p(2) == 38 || p(2) == 39) && (14..=19).contains(&n) // Diners
-                || (3528..=3589).contains(&p(4)) && (16..=19).contains(&n)          // JCB
+                || (3528..=3589).contains(&p(4)) && (16..=19).contains(&n) // JCB
         }
         b'6' => {
             (p(4) == 6011 || (644..=649).contains(&p(3)) || p(2) == 65) && (16..=19).contains(&n) // Discover
                 || p(2) == 62 && (16..=19).contains(&n)                              // UnionPay
-                || (p(2) == 60 || p(2) == 63 || p(2) == 67) && (12..=19).contains(&n) // Maestro and friends
+                || (p(2) == 60 || p(2) == 63 || p(2) == 67) && (12..=19).contains(&n)
+            // Maestro and friends
         }
         _ => false,
     }
@@ -97,23 +101,92 @@ pub(crate) fn card(s: &str) -> Option<Range<usize>> {
     if digits.bytes().all(|b| b == digits.as_bytes()[0]) {
         return None;
     }
-    (card_iin_ok(&digits) && luhn_valid(&digits)).then(|| whole(s)).flatten()
+    (card_iin_ok(&digits) && luhn_valid(&digits))
+        .then(|| whole(s))
+        .flatten()
 }
 
 // --- IBAN ---
 
 fn iban_length(country: &str) -> Option<usize> {
     const TABLE: &[(&str, usize)] = &[
-        ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16), ("BG", 22),
-        ("BH", 22), ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22), ("CY", 28), ("CZ", 24), ("DE", 22),
-        ("DK", 18), ("DO", 28), ("EE", 20), ("EG", 29), ("ES", 24), ("FI", 18), ("FO", 18), ("FR", 27),
-        ("GB", 22), ("GE", 22), ("GI", 23), ("GL", 18), ("GR", 27), ("GT", 28), ("HR", 21), ("HU", 28),
-        ("IE", 22), ("IL", 23), ("IQ", 23), ("IS", 26), ("IT", 27), ("JO", 30), ("KW", 30), ("KZ", 20),
-        ("LB", 28), ("LC", 32), ("LI", 21), ("LT", 20), ("LU", 20), ("LV", 21), ("MC", 27), ("MD", 24),
-        ("ME", 22), ("MK", 19), ("MR", 27), ("MT", 31), ("MU", 30), ("NL", 18), ("NO", 15), ("PK", 24),
-        ("PL", 28), ("PS", 29), ("PT", 25), ("QA", 29), ("RO", 24), ("RS", 22), ("SA", 24), ("SC", 31),
-        ("SE", 24), ("SI", 19), ("SK", 24), ("SM", 27), ("ST", 25), ("SV", 28), ("TL", 23), ("TN", 24),
-        ("TR", 26), ("UA", 29), ("VA", 22), ("VG", 24), ("XK", 20),
+        ("AD", 24),
+        ("AE", 23),
+        ("AL", 28),
+        ("AT", 20),
+        ("AZ", 28),
+        ("BA", 20),
+        ("BE", 16),
+        ("BG", 22),
+        ("BH", 22),
+        ("BR", 29),
+        ("BY", 28),
+        ("CH", 21),
+        ("CR", 22),
+        ("CY", 28),
+        ("CZ", 24),
+        ("DE", 22),
+        ("DK", 18),
+        ("DO", 28),
+        ("EE", 20),
+        ("EG", 29),
+        ("ES", 24),
+        ("FI", 18),
+        ("FO", 18),
+        ("FR", 27),
+        ("GB", 22),
+        ("GE", 22),
+        ("GI", 23),
+        ("GL", 18),
+        ("GR", 27),
+        ("GT", 28),
+        ("HR", 21),
+        ("HU", 28),
+        ("IE", 22),
+        ("IL", 23),
+        ("IQ", 23),
+        ("IS", 26),
+        ("IT", 27),
+        ("JO", 30),
+        ("KW", 30),
+        ("KZ", 20),
+        ("LB", 28),
+        ("LC", 32),
+        ("LI", 21),
+        ("LT", 20),
+        ("LU", 20),
+        ("LV", 21),
+        ("MC", 27),
+        ("MD", 24),
+        ("ME", 22),
+        ("MK", 19),
+        ("MR", 27),
+        ("MT", 31),
+        ("MU", 30),
+        ("NL", 18),
+        ("NO", 15),
+        ("PK", 24),
+        ("PL", 28),
+        ("PS", 29),
+        ("PT", 25),
+        ("QA", 29),
+        ("RO", 24),
+        ("RS", 22),
+        ("SA", 24),
+        ("SC", 31),
+        ("SE", 24),
+        ("SI", 19),
+        ("SK", 24),
+        ("SM", 27),
+        ("ST", 25),
+        ("SV", 28),
+        ("TL", 23),
+        ("TN", 24),
+        ("TR", 26),
+        ("UA", 29),
+        ("VA", 22),
+        ("VG", 24),
+        ("XK", 20),
     ];
     TABLE.iter().find(|(c, _)| *c == country).map(|(_, n)| *n)
 }
@@ -126,8 +199,16 @@ pub fn iban_mod97(iban: &str) -> bool {
     let (head, tail) = iban.split_at(4);
     let mut rem: u32 = 0;
     for b in tail.bytes().chain(head.bytes()) {
-        let v = if b.is_ascii_digit() { (b - b'0') as u32 } else { (b.to_ascii_uppercase() - b'A') as u32 + 10 };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        let v = if b.is_ascii_digit() {
+            (b - b'0') as u32
+        } else {
+            (b.to_ascii_uppercase() - b'A') as u32 + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -155,7 +236,9 @@ pub(crate) fn iban(s: &str) -> Option<Range<usize>> {
 
 pub(crate) fn ssn(s: &str) -> Option<Range<usize>> {
     let parts: Vec<&str> = s.split('-').collect();
-    let [area, group, serial] = parts.as_slice() else { return None };
+    let [area, group, serial] = parts.as_slice() else {
+        return None;
+    };
     let area_n: u32 = area.parse().ok()?;
     if area_n == 0 || area_n == 666 || area_n >= 900 || *group == "00" || *serial == "0000" {
         return None;
@@ -202,18 +285,22 @@ pub(crate) fn phone(s: &str) -> Option<Range<usize>> {
     }
     if s.starts_with('(') || (digits.len() == 10 && digits[0] != b'0') {
         // North American: area code and exchange do not start with 0 or 1.
-        return (digits.len() == 10 && digits[0] >= b'2' && digits[3] >= b'2').then(|| whole(s)).flatten();
+        return (digits.len() == 10 && digits[0] >= b'2' && digits[3] >= b'2')
+            .then(|| whole(s))
+            .flatten();
     }
     // National trunk-prefixed numbers (0...).
-    (digits.first() == Some(&b'0') && (9..=12).contains(&digits.len())).then(|| whole(s)).flatten()
+    (digits.first() == Some(&b'0') && (9..=12).contains(&digits.len()))
+        .then(|| whole(s))
+        .flatten()
 }
 
 // --- email ---
 
 pub(crate) fn email(s: &str) -> Option<Range<usize>> {
     const NOT_TLDS: &[&str] = &[
-        "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "js", "mjs", "ts", "tsx", "jsx", "css", "json", "py",
-        "rs", "go", "java", "rb", "md", "txt", "html", "lock", "toml", "yaml", "yml",
+        "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "js", "mjs", "ts", "tsx", "jsx", "css",
+        "json", "py", "rs", "go", "java", "rb", "md", "txt", "html", "lock", "toml", "yaml", "yml",
     ];
     let (local, domain) = s.rsplit_once('@')?;
     // `git@host:org/repo` is an SSH remote, not a person.
@@ -253,7 +340,9 @@ fn classes(s: &str) -> (bool, bool, bool, bool) {
 /// OpenAI-style `sk-` keys: long, mixed letters and digits, random-looking.
 pub(crate) fn random_token(s: &str) -> Option<Range<usize>> {
     let (lower, upper, digit, _) = classes(s);
-    (digit && (lower || upper) && shannon_entropy(s) >= 3.5).then(|| whole(s)).flatten()
+    (digit && (lower || upper) && shannon_entropy(s) >= 3.5)
+        .then(|| whole(s))
+        .flatten()
 }
 
 /// Value of a `password = "..."` style assignment: random enough for its
@@ -273,17 +362,32 @@ pub(crate) fn generic_secret(s: &str) -> Option<Range<usize>> {
     }
     // Dotted identifiers: `process.env.DB_PASSWORD`, `settings.SECRET_KEY`.
     let ident = |p: &str| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !p.as_bytes()[0].is_ascii_digit()
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !p.as_bytes()[0].is_ascii_digit()
     };
     if s_trim.contains('.') && s_trim.split('.').all(ident) {
         return None;
     }
     // snake/SCREAMING identifiers with no digits: `DATABASE_PASSWORD_FILE`.
-    if !digit && s_trim.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-') {
+    if !digit
+        && s_trim
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-')
+    {
         return None;
     }
     let lower_s = s_trim.to_ascii_lowercase();
-    for placeholder in ["example", "changeme", "password", "xxxxxx", "your_", "your-", "redacted", "placeholder"] {
+    for placeholder in [
+        "example",
+        "changeme",
+        "password",
+        "xxxxxx",
+        "your_",
+        "your-",
+        "redacted",
+        "placeholder",
+    ] {
         if lower_s.contains(placeholder) {
             return None;
         }
@@ -334,16 +438,34 @@ mod tests {
     #[test]
     fn iban_checks() {
         assert_eq!(iban("DE89 3704 0044 0532 0130 00"), Some(0..27));
-        assert_eq!(iban("GB82 WEST 1234 5698 7654 32 ABCD"), Some(0..27), "trailing word cut");
-        assert!(iban("DE89 3704 0044 0532 0130 01").is_none(), "bad checksum");
-        assert!(iban("ZZ89 3704 0044 0532 0130 00").is_none(), "unknown country");
+        assert_eq!(
+            iban("GB82 WEST 1234 5698 7654 32 ABCD"),
+            Some(0..27),
+            "trailing word cut"
+        );
+        assert!(
+            iban("DE89 3704 0044 0532 0130 01").is_none(),
+            "bad checksum"
+        );
+        assert!(
+            iban("ZZ89 3704 0044 0532 0130 00").is_none(),
+            "unknown country"
+        );
         assert!(iban("DE89 3704").is_none(), "too short");
     }
 
     #[test]
     fn ssn_ranges() {
         assert!(ssn("123-45-6789").is_some());
-        for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "999-12-3456", "123-00-4567", "123-45-0000", "078-05-1120"] {
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "999-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "078-05-1120",
+        ] {
             assert!(ssn(bad).is_none(), "{bad}");
         }
     }

@@ -69,7 +69,12 @@ impl Runs {
                 }
                 j += 1;
             }
-            runs.digit_runs.push(DigitRun { start, end, digits, dots });
+            runs.digit_runs.push(DigitRun {
+                start,
+                end,
+                digits,
+                dots,
+            });
             i = j.max(end);
         }
         // Hex-colon runs, grown around each colon (found with memchr), so
@@ -132,9 +137,22 @@ mod tests {
         let got: Vec<(&str, u32, u32)> = r
             .digit_runs
             .iter()
-            .map(|d| (&"card 4111 1111 1111 1111, ip 10.0.0.1; v1"[d.start..d.end], d.digits, d.dots))
+            .map(|d| {
+                (
+                    &"card 4111 1111 1111 1111, ip 10.0.0.1; v1"[d.start..d.end],
+                    d.digits,
+                    d.dots,
+                )
+            })
             .collect();
-        assert_eq!(got, [("4111 1111 1111 1111", 16, 0), ("10.0.0.1", 5, 3), ("1", 1, 0)]);
+        assert_eq!(
+            got,
+            [
+                ("4111 1111 1111 1111", 16, 0),
+                ("10.0.0.1", 5, 3),
+                ("1", 1, 0)
+            ]
+        );
     }
 
     #[test]
@@ -157,11 +175,21 @@ mod tests {
         assert_eq!(w.len(), 1);
         // Widened past the 'a' and 'b' runs to the text's ends (no whitespace).
         assert_eq!(w[0], 0..t.len());
-        let t2 = format!("{} {} 123 {} {}", "a".repeat(60), "c".repeat(60), "d".repeat(60), "b".repeat(60));
+        let t2 = format!(
+            "{} {} 123 {} {}",
+            "a".repeat(60),
+            "c".repeat(60),
+            "d".repeat(60),
+            "b".repeat(60)
+        );
         let s2 = t2.find("123").unwrap();
         let w = windows(&t2, [(s2, s2 + 3)].into_iter());
         assert_eq!(w.len(), 1);
-        assert_eq!(w[0], 60..t2.len() - 60, "starts on the space before the c run, ends after the one before the b run");
+        assert_eq!(
+            w[0],
+            60..t2.len() - 60,
+            "starts on the space before the c run, ends after the one before the b run"
+        );
         let w = windows(&t, [(s, s + 1), (s + 2, s + 3)].into_iter());
         assert_eq!(w.len(), 1, "overlapping windows merge");
     }

@@ -60,7 +60,10 @@ fn corpus_precision_and_recall() {
         }
         let detector = path.file_stem().unwrap().to_str().unwrap().to_string();
         let clean = detector == "_clean";
-        assert!(clean || builtin_ids().contains(&detector.as_str()), "corpus file for unknown detector {detector}");
+        assert!(
+            clean || builtin_ids().contains(&detector.as_str()),
+            "corpus file for unknown detector {detector}"
+        );
         for (n, line) in std::fs::read_to_string(&path).unwrap().lines().enumerate() {
             let line = line.trim_end();
             if line.is_empty() || line.starts_with('#') {
@@ -69,15 +72,25 @@ fn corpus_precision_and_recall() {
             let (expect, text) = match line.split_at(2) {
                 ("+ ", t) => (true, unescape(t)),
                 ("- ", t) => (false, unescape(t)),
-                _ => panic!("{}:{}: line must start with '+ ' or '- '", path.display(), n + 1),
+                _ => panic!(
+                    "{}:{}: line must start with '+ ' or '- '",
+                    path.display(),
+                    n + 1
+                ),
             };
             let found = guard.scan(&text);
             if clean {
-                assert!(!expect, "{}:{}: clean lines are all '- '", path.display(), n + 1);
+                assert!(
+                    !expect,
+                    "{}:{}: clean lines are all '- '",
+                    path.display(),
+                    n + 1
+                );
                 for m in found {
                     let t = tallies.entry(m.detector.to_string()).or_default();
                     t.fp += 1;
-                    t.misses.push(format!("  false hit _clean.txt line {}", n + 1));
+                    t.misses
+                        .push(format!("  false hit _clean.txt line {}", n + 1));
                 }
                 continue;
             }
@@ -98,21 +111,46 @@ fn corpus_precision_and_recall() {
         }
     }
     let mut failures = Vec::new();
-    println!("{:<26} {:>4} {:>4} {:>4} {:>4} {:>9} {:>7}", "detector", "tp", "fp", "fn", "tn", "precision", "recall");
+    println!(
+        "{:<26} {:>4} {:>4} {:>4} {:>4} {:>9} {:>7}",
+        "detector", "tp", "fp", "fn", "tn", "precision", "recall"
+    );
     for (d, t) in &tallies {
-        let precision = if t.tp + t.fp == 0 { 1.0 } else { t.tp as f64 / (t.tp + t.fp) as f64 };
-        let recall = if t.tp + t.fn_ == 0 { 1.0 } else { t.tp as f64 / (t.tp + t.fn_) as f64 };
-        println!("{d:<26} {:>4} {:>4} {:>4} {:>4} {precision:>9.3} {recall:>7.3}", t.tp, t.fp, t.fn_, t.tn);
+        let precision = if t.tp + t.fp == 0 {
+            1.0
+        } else {
+            t.tp as f64 / (t.tp + t.fp) as f64
+        };
+        let recall = if t.tp + t.fn_ == 0 {
+            1.0
+        } else {
+            t.tp as f64 / (t.tp + t.fn_) as f64
+        };
+        println!(
+            "{d:<26} {:>4} {:>4} {:>4} {:>4} {precision:>9.3} {recall:>7.3}",
+            t.tp, t.fp, t.fn_, t.tn
+        );
         for m in &t.misses {
             println!("{m}");
         }
         let (pf, rf) = floor(d);
-        assert!(t.tp > 0 && t.tn > 0, "{d}: corpus needs true and false examples");
+        assert!(
+            t.tp > 0 && t.tn > 0,
+            "{d}: corpus needs true and false examples"
+        );
         if precision < pf || recall < rf {
-            failures.push(format!("{d}: precision {precision:.3} (floor {pf}), recall {recall:.3} (floor {rf})"));
+            failures.push(format!(
+                "{d}: precision {precision:.3} (floor {pf}), recall {recall:.3} (floor {rf})"
+            ));
         }
     }
-    let missing: Vec<&str> = builtin_ids().into_iter().filter(|id| !tallies.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "detectors without a corpus: {missing:?}");
+    let missing: Vec<&str> = builtin_ids()
+        .into_iter()
+        .filter(|id| !tallies.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "detectors without a corpus: {missing:?}"
+    );
     assert!(failures.is_empty(), "below floor:\n{}", failures.join("\n"));
 }

@@ -20,7 +20,9 @@ fn guard_with(default_action: GuardAction, actions: &[(&str, GuardAction)]) -> G
 
 fn redacted_body(v: &Verdict) -> Value {
     match &v.action {
-        VerdictAction::Redact { body } => serde_json::from_slice(body).expect("redacted body parses"),
+        VerdictAction::Redact { body } => {
+            serde_json::from_slice(body).expect("redacted body parses")
+        }
         other => panic!("expected Redact, got {other:?} (error {:?})", v.error),
     }
 }
@@ -28,12 +30,19 @@ fn redacted_body(v: &Verdict) -> Value {
 fn assert_no_values(v: &Verdict, values: &[&str]) {
     let rendered = format!("{:?} {}", v, serde_json::to_string(&v.findings).unwrap());
     for val in values {
-        assert!(!rendered.contains(val), "value leaked into verdict: {rendered}");
+        assert!(
+            !rendered.contains(val),
+            "value leaked into verdict: {rendered}"
+        );
     }
 }
 
 fn count(v: &Verdict, detector: &str) -> u32 {
-    v.findings.iter().filter(|f| f.detector == detector).map(|f| f.count).sum()
+    v.findings
+        .iter()
+        .filter(|f| f.detector == detector)
+        .map(|f| f.count)
+        .sum()
 }
 
 #[test]
@@ -55,16 +64,30 @@ fn openai_chat_redaction_rewrites_only_content() {
     let raw = serde_json::to_vec_pretty(&body).unwrap();
     let v = g.inspect_request("chat.completions", &raw);
     let out = redacted_body(&v);
-    assert_eq!(out["messages"][0]["content"], "You help [EMAIL_1] with billing.");
-    assert_eq!(out["messages"][1]["content"][0]["text"], "my key [AWS_ACCESS_KEY_1] and card [CREDIT_CARD_1]");
-    assert_eq!(out["messages"][2]["content"], "again [AWS_ACCESS_KEY_1], and [EMAIL_2], then [EMAIL_1]");
+    assert_eq!(
+        out["messages"][0]["content"],
+        "You help [EMAIL_1] with billing."
+    );
+    assert_eq!(
+        out["messages"][1]["content"][0]["text"],
+        "my key [AWS_ACCESS_KEY_1] and card [CREDIT_CARD_1]"
+    );
+    assert_eq!(
+        out["messages"][2]["content"],
+        "again [AWS_ACCESS_KEY_1], and [EMAIL_2], then [EMAIL_1]"
+    );
     // Not message content: untouched.
-    assert_eq!(out["messages"][1]["content"][1], body["messages"][1]["content"][1]);
+    assert_eq!(
+        out["messages"][1]["content"][1],
+        body["messages"][1]["content"][1]
+    );
     assert_eq!(out["user"], "jane@acme.io");
     assert_eq!(out["model"], "gpt-4o");
     assert_eq!(out["temperature"], 0.25);
     // Every byte outside the rewritten strings is the original's.
-    let VerdictAction::Redact { body: new } = &v.action else { unreachable!() };
+    let VerdictAction::Redact { body: new } = &v.action else {
+        unreachable!()
+    };
     let raw_s = String::from_utf8(raw.clone()).unwrap();
     let new_s = String::from_utf8(new.clone()).unwrap();
     let head = raw_s.find("You help").unwrap();
@@ -73,7 +96,11 @@ fn openai_chat_redaction_rewrites_only_content() {
 
     assert_eq!(count(&v, "email"), 3);
     assert_eq!(count(&v, "aws_access_key"), 2);
-    let f = v.findings.iter().find(|f| f.detector == "credit_card").unwrap();
+    let f = v
+        .findings
+        .iter()
+        .find(|f| f.detector == "credit_card")
+        .unwrap();
     assert_eq!(f.path.as_deref(), Some("messages[1].content[0].text"));
     assert_eq!(f.action, "redact");
     assert_eq!(f.location, FindingLocation::Request);
@@ -83,7 +110,13 @@ fn openai_chat_redaction_rewrites_only_content() {
 
 #[test]
 fn anthropic_system_and_tool_results_are_redacted() {
-    let g = guard_with(GuardAction::Log, &[("email", GuardAction::Redact), ("aws_access_key", GuardAction::Redact)]);
+    let g = guard_with(
+        GuardAction::Log,
+        &[
+            ("email", GuardAction::Redact),
+            ("aws_access_key", GuardAction::Redact),
+        ],
+    );
     let body = json!({
         "model": "claude-sonnet-4",
         "max_tokens": 1024,
@@ -99,9 +132,18 @@ fn anthropic_system_and_tool_results_are_redacted() {
     let v = g.inspect_request("messages", &serde_json::to_vec(&body).unwrap());
     let out = redacted_body(&v);
     assert_eq!(out["system"][0]["text"], "Operator: [EMAIL_1]");
-    assert_eq!(out["messages"][0]["content"], "who is [EMAIL_1]? my ip is 10.1.2.3", "ipv4 is log-only");
-    assert_eq!(out["messages"][1]["content"][0]["content"][0]["text"], "env: AWS_ACCESS_KEY_ID=[AWS_ACCESS_KEY_1]");
-    assert_eq!(out["messages"][1]["content"][1]["content"], "owner [EMAIL_1]");
+    assert_eq!(
+        out["messages"][0]["content"], "who is [EMAIL_1]? my ip is 10.1.2.3",
+        "ipv4 is log-only"
+    );
+    assert_eq!(
+        out["messages"][1]["content"][0]["content"][0]["text"],
+        "env: AWS_ACCESS_KEY_ID=[AWS_ACCESS_KEY_1]"
+    );
+    assert_eq!(
+        out["messages"][1]["content"][1]["content"],
+        "owner [EMAIL_1]"
+    );
     assert_eq!(out["messages"][1]["content"][0]["tool_use_id"], "toolu_1");
     let ip = v.findings.iter().find(|f| f.detector == "ipv4").unwrap();
     assert_eq!(ip.action, "log");
@@ -117,8 +159,14 @@ fn gemini_parts_and_system_instruction_are_redacted() {
     });
     let v = g.inspect_request("streamGenerateContent", &serde_json::to_vec(&body).unwrap());
     let out = redacted_body(&v);
-    assert_eq!(out["systemInstruction"]["parts"][0]["text"], "Customer IBAN [IBAN_1]");
-    assert_eq!(out["contents"][0]["parts"][0]["text"], "Is [IBAN_1] valid? SSN [US_SSN_1]");
+    assert_eq!(
+        out["systemInstruction"]["parts"][0]["text"],
+        "Customer IBAN [IBAN_1]"
+    );
+    assert_eq!(
+        out["contents"][0]["parts"][0]["text"],
+        "Is [IBAN_1] valid? SSN [US_SSN_1]"
+    );
     assert_eq!(out["generationConfig"], body["generationConfig"]);
 }
 
@@ -129,25 +177,43 @@ fn mcp_tool_call_arguments_are_redacted() {
         "params": {"name": "query", "arguments": {"sql": "select * from users where email='x@acme.io'", "limit": 5}}});
     let v = g.inspect_request("mcp", &serde_json::to_vec(&body).unwrap());
     let out = redacted_body(&v);
-    assert_eq!(out["params"]["arguments"]["sql"], "select * from users where email='[EMAIL_1]'");
+    assert_eq!(
+        out["params"]["arguments"]["sql"],
+        "select * from users where email='[EMAIL_1]'"
+    );
     assert_eq!(out["params"]["arguments"]["limit"], 5);
     assert_eq!(v.findings[0].path.as_deref(), Some("params.arguments.sql"));
 }
 
 #[test]
 fn block_wins_and_names_the_rule() {
-    let g = guard_with(GuardAction::Redact, &[("aws_access_key", GuardAction::Block)]);
+    let g = guard_with(
+        GuardAction::Redact,
+        &[("aws_access_key", GuardAction::Block)],
+    );
     let body = json!({"model": "gpt-4o", "messages": [
         {"role": "user", "content": "mail a@acme.io"},
         {"role": "user", "content": format!("key {AWS}")}
     ]});
     let v = g.inspect_request("chat.completions", &serde_json::to_vec(&body).unwrap());
-    assert_eq!(v.action, VerdictAction::Block { rule: "aws_access_key".into() });
+    assert_eq!(
+        v.action,
+        VerdictAction::Block {
+            rule: "aws_access_key".into()
+        }
+    );
     assert_eq!(v.rule(), Some("aws_access_key"));
     assert_eq!(v.decision(), palisade_core::RecordDecision::Block);
     assert_eq!(count(&v, "email"), 1, "all findings are still recorded");
-    let f = v.findings.iter().find(|f| f.detector == "aws_access_key").unwrap();
-    assert_eq!((f.action.as_str(), f.path.as_deref(), f.count), ("block", Some("messages[1].content"), 1));
+    let f = v
+        .findings
+        .iter()
+        .find(|f| f.detector == "aws_access_key")
+        .unwrap();
+    assert_eq!(
+        (f.action.as_str(), f.path.as_deref(), f.count),
+        ("block", Some("messages[1].content"), 1)
+    );
     assert_no_values(&v, &[AWS, "a@acme.io"]);
 }
 
@@ -165,7 +231,10 @@ fn log_only_allows_with_findings() {
 #[test]
 fn binary_and_non_json_bodies_are_skipped() {
     let g = guard_with(GuardAction::Block, &[]);
-    let v = g.inspect_request("chat.completions", &[0x1f, 0x8b, 0x08, 0x00, 0xff, 0x00, 0x41]);
+    let v = g.inspect_request(
+        "chat.completions",
+        &[0x1f, 0x8b, 0x08, 0x00, 0xff, 0x00, 0x41],
+    );
     assert_eq!(v.skipped.as_deref(), Some("binary body"));
     assert_eq!(v.action, VerdictAction::Allow);
     assert!(v.findings.is_empty());
@@ -183,9 +252,16 @@ fn unknown_endpoint_scans_everything_and_never_rewrites() {
     let g = guard_with(GuardAction::Log, &[("email", GuardAction::Redact)]);
     let body = json!({"files": [{"meta": {"owner": "o@acme.io"}}], "note": format!("{AWS}")});
     let v = g.inspect_request("files.upload", &serde_json::to_vec(&body).unwrap());
-    assert!(matches!(v.action, VerdictAction::Block { ref rule } if rule == "email"), "{v:?}");
+    assert!(
+        matches!(v.action, VerdictAction::Block { ref rule } if rule == "email"),
+        "{v:?}"
+    );
     assert!(v.error.as_deref().unwrap().contains("not supported"));
-    let paths: Vec<_> = v.findings.iter().map(|f| f.path.as_deref().unwrap()).collect();
+    let paths: Vec<_> = v
+        .findings
+        .iter()
+        .map(|f| f.path.as_deref().unwrap())
+        .collect();
     assert_eq!(paths, ["files[0].meta.owner", "note"]);
 
     let g = guard_with(GuardAction::Log, &[]);
@@ -204,11 +280,17 @@ fn huge_prompt_completes_and_finds_secret_at_the_end() {
         prompt.push_str(chunk);
     }
     prompt.push_str(&format!("finally the key {AWS}"));
-    let body = serde_json::to_vec(&json!({"model": "m", "messages": [{"role": "user", "content": prompt}]})).unwrap();
+    let body = serde_json::to_vec(
+        &json!({"model": "m", "messages": [{"role": "user", "content": prompt}]}),
+    )
+    .unwrap();
     let v = g.inspect_request("chat.completions", &body);
     assert_eq!(count(&v, "aws_access_key"), 1);
     let out = redacted_body(&v);
-    assert!(out["messages"][0]["content"].as_str().unwrap().ends_with("finally the key [AWS_ACCESS_KEY_1]"));
+    assert!(out["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .ends_with("finally the key [AWS_ACCESS_KEY_1]"));
 }
 
 #[test]
@@ -216,7 +298,13 @@ fn many_matches_are_counted_beyond_the_stored_cap() {
     let g = guard_with(GuardAction::Log, &[]);
     let n = palisade_guard::MAX_MATCHES_PER_RULE + 500;
     let text: String = (0..n).map(|i| format!("u{i}@acme.io ")).collect();
-    assert_eq!(g.scan(&text).iter().filter(|m| &*m.detector == "email").count(), palisade_guard::MAX_MATCHES_PER_RULE);
+    assert_eq!(
+        g.scan(&text)
+            .iter()
+            .filter(|m| &*m.detector == "email")
+            .count(),
+        palisade_guard::MAX_MATCHES_PER_RULE
+    );
     let (findings, _) = g.inspect_response_text(&text);
     assert_eq!(findings[0].count as usize, n);
 }
@@ -225,13 +313,22 @@ fn many_matches_are_counted_beyond_the_stored_cap() {
 fn zero_width_inside_an_aws_key_is_caught_and_fully_redacted() {
     let g = guard_with(GuardAction::Redact, &[]);
     let split = "AKIAZ5ZF\u{200B}KKIBJ5J6\u{2060}WJIB";
-    let body = serde_json::to_vec(&json!({"messages": [{"role": "user", "content": format!("key {split} ok")}]})).unwrap();
+    let body = serde_json::to_vec(
+        &json!({"messages": [{"role": "user", "content": format!("key {split} ok")}]}),
+    )
+    .unwrap();
     let v = g.inspect_request("chat.completions", &body);
-    assert_eq!(redacted_body(&v)["messages"][0]["content"], "key [AWS_ACCESS_KEY_1] ok");
+    assert_eq!(
+        redacted_body(&v)["messages"][0]["content"],
+        "key [AWS_ACCESS_KEY_1] ok"
+    );
     // Soft hyphen and BOM, escaped in JSON, and the same key plain: one number.
     let body = br#"{"messages":[{"role":"user","content":"AKIAZ5ZF\u00adKKIBJ5J6\ufeffWJIB then AKIAZ5ZFKKIBJ5J6WJIB"}]}"#;
     let v = g.inspect_request("chat.completions", body);
-    assert_eq!(redacted_body(&v)["messages"][0]["content"], "[AWS_ACCESS_KEY_1] then [AWS_ACCESS_KEY_1]");
+    assert_eq!(
+        redacted_body(&v)["messages"][0]["content"],
+        "[AWS_ACCESS_KEY_1] then [AWS_ACCESS_KEY_1]"
+    );
 }
 
 #[test]
@@ -240,10 +337,16 @@ fn full_width_card_digits_are_caught() {
     let text = "pay with ４５２６ ０１８１ ５９０８ ３０１２ today";
     let ms = g.scan(text);
     assert_eq!(ms.len(), 1, "{ms:?}");
-    assert_eq!(&text[ms[0].start..ms[0].end], "４５２６ ０１８１ ５９０８ ３０１２");
+    assert_eq!(
+        &text[ms[0].start..ms[0].end],
+        "４５２６ ０１８１ ５９０８ ３０１２"
+    );
     let body = serde_json::to_vec(&json!({"contents": [{"parts": [{"text": text}]}]})).unwrap();
     let v = g.inspect_request("generateContent", &body);
-    assert_eq!(redacted_body(&v)["contents"][0]["parts"][0]["text"], "pay with [CREDIT_CARD_1] today");
+    assert_eq!(
+        redacted_body(&v)["contents"][0]["parts"][0]["text"],
+        "pay with [CREDIT_CARD_1] today"
+    );
 }
 
 #[test]
@@ -252,11 +355,21 @@ fn unicode_escaped_secret_is_decoded_before_scanning() {
     // "AKIAZ5ZFKKIBJ5J6WJIB" with letters written as \u escapes, split over two runs.
     let body = br#"{"messages":[{"role":"user","content":"\u0041\u004BIAZ5ZFKKIB\u004A5J6WJIB"}]}"#;
     let v = g.inspect_request("chat.completions", body);
-    assert_eq!(v.action, VerdictAction::Block { rule: "aws_access_key".into() });
+    assert_eq!(
+        v.action,
+        VerdictAction::Block {
+            rule: "aws_access_key".into()
+        }
+    );
     // A surrogate-pair escape around a card number does not hide it.
     let body = br#"{"messages":[{"role":"user","content":"\ud83d\ude00 4111\u00201111\u00201111\u00201111"}]}"#;
     let v = g.inspect_request("chat.completions", body);
-    assert_eq!(v.action, VerdictAction::Block { rule: "credit_card".into() });
+    assert_eq!(
+        v.action,
+        VerdictAction::Block {
+            rule: "credit_card".into()
+        }
+    );
 }
 
 #[test]
@@ -265,9 +378,17 @@ fn redaction_keeps_json_valid_with_quotes_and_controls() {
     let body = br#"{"messages":[{"role":"user","content":"say \"hi\"\n\tto a@acme.io \\ \u0001 \u00e9"}],"n":1e2}"#;
     let v = g.inspect_request("chat.completions", body);
     let out = redacted_body(&v);
-    assert_eq!(out["messages"][0]["content"], "say \"hi\"\n\tto [EMAIL_1] \\ \u{1} é");
-    let VerdictAction::Redact { body: new } = &v.action else { unreachable!() };
-    assert!(String::from_utf8_lossy(new).ends_with(r#","n":1e2}"#), "numbers keep their spelling");
+    assert_eq!(
+        out["messages"][0]["content"],
+        "say \"hi\"\n\tto [EMAIL_1] \\ \u{1} é"
+    );
+    let VerdictAction::Redact { body: new } = &v.action else {
+        unreachable!()
+    };
+    assert!(
+        String::from_utf8_lossy(new).ends_with(r#","n":1e2}"#),
+        "numbers keep their spelling"
+    );
 }
 
 #[test]
@@ -275,12 +396,19 @@ fn response_text_findings_and_blocking() {
     let g = guard_with(GuardAction::Redact, &[("private_key", GuardAction::Block)]);
     let (f, block) = g.inspect_response_text("contact a@acme.io or b@acme.io");
     assert_eq!(block, None);
-    assert_eq!((f[0].detector.as_str(), f[0].action.as_str(), f[0].count), ("email", "log", 2));
+    assert_eq!(
+        (f[0].detector.as_str(), f[0].action.as_str(), f[0].count),
+        ("email", "log", 2)
+    );
     assert_eq!(f[0].location, FindingLocation::Response);
     let (_, block) = g.inspect_response_text("here: -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END RSA PRIVATE KEY-----");
     assert_eq!(block.as_deref(), Some("private_key"));
 
-    let off = Guard::new(&Guardrails { scan_responses: false, ..Guardrails::default() }).unwrap();
+    let off = Guard::new(&Guardrails {
+        scan_responses: false,
+        ..Guardrails::default()
+    })
+    .unwrap();
     assert_eq!(off.inspect_response_text("a@acme.io"), (vec![], None));
 }
 
@@ -324,12 +452,28 @@ path = '''\.pem$'''
     assert!(!g.detector_ids().contains(&"only-paths"));
     let ms = g.scan("token ACME_k3j4h5g6f7d8s9a0qpwoeiru here");
     assert_eq!(ms.len(), 1, "{ms:?}");
-    assert_eq!((&*ms[0].detector, ms[0].action), ("acme-internal-token", GuardAction::Block));
-    assert!(g.scan("token acme_000000000000000000000000").is_empty(), "rule allowlist regex");
-    assert!(g.scan("token acme_aaaaaaaaaaaaaaaaaaaaaaaa").is_empty(), "entropy");
-    assert!(g.scan("token acme_dummyk3j4h5g6f7d8s9a0qpwo").is_empty(), "global stopword");
+    assert_eq!(
+        (&*ms[0].detector, ms[0].action),
+        ("acme-internal-token", GuardAction::Block)
+    );
+    assert!(
+        g.scan("token acme_000000000000000000000000").is_empty(),
+        "rule allowlist regex"
+    );
+    assert!(
+        g.scan("token acme_aaaaaaaaaaaaaaaaaaaaaaaa").is_empty(),
+        "entropy"
+    );
+    assert!(
+        g.scan("token acme_dummyk3j4h5g6f7d8s9a0qpwo").is_empty(),
+        "global stopword"
+    );
     assert_eq!(g.scan(r#"acme_pw = "x9Kq2Lm7zz""#).len(), 1);
-    assert!(g.scan(r#"acme_pw = "x9Kq2Lm7zz" # test fixture"#).is_empty(), "line allowlist");
+    assert!(
+        g.scan(r#"acme_pw = "x9Kq2Lm7zz" # test fixture"#)
+            .is_empty(),
+        "line allowlist"
+    );
 }
 
 #[test]
@@ -351,8 +495,14 @@ secretGroup = 3
     let e = Guard::with_gitleaks_toml(&Guardrails::default(), toml).unwrap_err();
     let msg = e.to_string();
     assert_eq!(e.problems().len(), 2, "{msg}");
-    assert!(msg.contains("\"uses-lookahead\"") && msg.contains("look-around"), "{msg}");
-    assert!(msg.contains("\"bad-group\"") && msg.contains("secretGroup"), "{msg}");
+    assert!(
+        msg.contains("\"uses-lookahead\"") && msg.contains("look-around"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("\"bad-group\"") && msg.contains("secretGroup"),
+        "{msg}"
+    );
     let e = Guard::with_gitleaks_toml(&Guardrails::default(), "[[rules]\nid=").unwrap_err();
     assert!(matches!(e, GuardError::GitleaksFile(_)), "{e}");
 }
@@ -379,7 +529,11 @@ fn bad_custom_rules_are_all_rejected_with_their_ids() {
         ..Guardrails::default()
     };
     let e = palisade_guard::validate_custom_rules(&cfg).unwrap_err();
-    let by_rule: Vec<(&str, &str)> = e.problems().iter().map(|p| (p.rule.as_str(), p.reason.as_str())).collect();
+    let by_rule: Vec<(&str, &str)> = e
+        .problems()
+        .iter()
+        .map(|p| (p.rule.as_str(), p.reason.as_str()))
+        .collect();
     let expect = [
         ("broken", "syntax error"),
         ("empty-match", "empty string"),
@@ -395,19 +549,33 @@ fn bad_custom_rules_are_all_rejected_with_their_ids() {
         assert!(reason.contains(want_reason), "{rule}: {reason}");
     }
     assert!(Guard::new(&cfg).is_err());
-    assert!(palisade_guard::validate_custom_rules(&Guardrails { custom: vec![cfg.custom[0].clone()], ..Guardrails::default() }).is_ok());
+    assert!(palisade_guard::validate_custom_rules(&Guardrails {
+        custom: vec![cfg.custom[0].clone()],
+        ..Guardrails::default()
+    })
+    .is_ok());
 }
 
 #[test]
 fn duplicate_keys_are_scanned_in_every_copy_and_never_rewritten() {
     let g = guard_with(GuardAction::Block, &[]);
     for body in [
-        format!(r#"{{"messages":[{{"role":"user","content":"hello"}}],"messages":[{{"role":"user","content":"{AWS}"}}]}}"#),
-        format!(r#"{{"messages":[{{"role":"user","content":"{AWS}"}}],"messages":[{{"role":"user","content":"hello"}}]}}"#),
+        format!(
+            r#"{{"messages":[{{"role":"user","content":"hello"}}],"messages":[{{"role":"user","content":"{AWS}"}}]}}"#
+        ),
+        format!(
+            r#"{{"messages":[{{"role":"user","content":"{AWS}"}}],"messages":[{{"role":"user","content":"hello"}}]}}"#
+        ),
         format!(r#"{{"messages":[{{"role":"user","content":"{AWS}","content":"hi"}}]}}"#),
     ] {
         let v = g.inspect_request("chat.completions", body.as_bytes());
-        assert_eq!(v.action, VerdictAction::Block { rule: "aws_access_key".into() }, "{body}");
+        assert_eq!(
+            v.action,
+            VerdictAction::Block {
+                rule: "aws_access_key".into()
+            },
+            "{body}"
+        );
     }
     let g = guard_with(GuardAction::Redact, &[]);
     let body = format!(r#"{{"messages":[{{"role":"user","content":"{AWS}","content":"hi"}}]}}"#);
@@ -428,8 +596,10 @@ fn mcp_tool_results_are_scanned() {
     }});
     let (findings, block) = g.inspect_mcp_response(&serde_json::to_vec(&body).unwrap());
     assert_eq!(block.as_deref(), Some("aws_access_key"));
-    let got: Vec<(&str, &str, u32)> =
-        findings.iter().map(|f| (f.detector.as_str(), f.path.as_deref().unwrap(), f.count)).collect();
+    let got: Vec<(&str, &str, u32)> = findings
+        .iter()
+        .map(|f| (f.detector.as_str(), f.path.as_deref().unwrap(), f.count))
+        .collect();
     assert_eq!(
         got,
         [
@@ -438,7 +608,9 @@ fn mcp_tool_results_are_scanned() {
             ("email", "result.structuredContent.owner.email", 1),
         ]
     );
-    assert!(findings.iter().all(|f| f.location == FindingLocation::Response));
+    assert!(findings
+        .iter()
+        .all(|f| f.location == FindingLocation::Response));
     assert_eq!(g.inspect_mcp_response(b"event: message"), (vec![], None));
 }
 
@@ -447,7 +619,12 @@ fn long_overlapping_matches_stay_linear() {
     // A rule whose value is one byte at the head of an unbounded match: with
     // naive resumption this is quadratic; it must finish and count each run once.
     let cfg = Guardrails {
-        custom: vec![CustomRule { id: "runs".into(), regex: Some(r"(q)q*".into()), keywords: vec![], action: GuardAction::Log }],
+        custom: vec![CustomRule {
+            id: "runs".into(),
+            regex: Some(r"(q)q*".into()),
+            keywords: vec![],
+            action: GuardAction::Log,
+        }],
         ..Guardrails::default()
     };
     let g = Guard::new(&cfg).unwrap();
@@ -455,5 +632,9 @@ fn long_overlapping_matches_stay_linear() {
     let (findings, _) = g.inspect_response_text(&text);
     let runs = findings.iter().find(|f| f.detector == "runs").unwrap();
     // One match for the run, plus at most one per re-scanned tail byte.
-    assert!(runs.count <= 5, "one long run, not one per byte: {}", runs.count);
+    assert!(
+        runs.count <= 5,
+        "one long run, not one per byte: {}",
+        runs.count
+    );
 }

@@ -22,10 +22,56 @@ impl Rng {
 
 /// Pieces chosen to hit detectors, separators and Unicode tricks.
 const PIECES: &[&str] = &[
-    "4111", " ", "-", "1111", ".", "10", ":", "::", "2001", "db8", "@", "acme", ".io", "AKIA", "Z5ZFKKIBJ5J6WJIB",
-    "\u{200B}", "\u{00AD}", "\u{FEFF}", "４", "１", "－", "\u{3000}", "é", "😀", "\"", "\\", "\n", "password", "=",
-    "'", "hX9#kP2$vL7q", "DE89", "3704", "0044", "0532", "0130", "00", "+44", "20", "7946", "0958", "123-45-6789",
-    "eyJhbGciOiJIUzI1NiJ9", "sk-ant-api03-", "ghp_", "x", "postgres://u:", "p4ss", "@db/x", "-----BEGIN PRIVATE KEY-----",
+    "4111",
+    " ",
+    "-",
+    "1111",
+    ".",
+    "10",
+    ":",
+    "::",
+    "2001",
+    "db8",
+    "@",
+    "acme",
+    ".io",
+    "AKIA",
+    "Z5ZFKKIBJ5J6WJIB",
+    "\u{200B}",
+    "\u{00AD}",
+    "\u{FEFF}",
+    "４",
+    "１",
+    "－",
+    "\u{3000}",
+    "é",
+    "😀",
+    "\"",
+    "\\",
+    "\n",
+    "password",
+    "=",
+    "'",
+    "hX9#kP2$vL7q",
+    "DE89",
+    "3704",
+    "0044",
+    "0532",
+    "0130",
+    "00",
+    "+44",
+    "20",
+    "7946",
+    "0958",
+    "123-45-6789",
+    "eyJhbGciOiJIUzI1NiJ9",
+    "sk-ant-api03-",
+    "ghp_",
+    "x",
+    "postgres://u:",
+    "p4ss",
+    "@db/x",
+    "-----BEGIN PRIVATE KEY-----",
 ];
 
 fn random_text(rng: &mut Rng) -> String {
@@ -35,7 +81,11 @@ fn random_text(rng: &mut Rng) -> String {
 
 #[test]
 fn random_text_scans_and_redacts_cleanly() {
-    let g = Guard::new(&Guardrails { default_action: GuardAction::Redact, ..Guardrails::default() }).unwrap();
+    let g = Guard::new(&Guardrails {
+        default_action: GuardAction::Redact,
+        ..Guardrails::default()
+    })
+    .unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut total = 0;
     for _ in 0..3000 {
@@ -43,7 +93,10 @@ fn random_text_scans_and_redacts_cleanly() {
         let ms = g.scan(&text);
         for m in &ms {
             assert!(m.start < m.end && m.end <= text.len(), "{m:?} in {text:?}");
-            assert!(text.is_char_boundary(m.start) && text.is_char_boundary(m.end), "{m:?} in {text:?}");
+            assert!(
+                text.is_char_boundary(m.start) && text.is_char_boundary(m.end),
+                "{m:?} in {text:?}"
+            );
         }
         total += ms.len();
         let mut r = Redactor::new();
@@ -53,28 +106,47 @@ fn random_text_scans_and_redacts_cleanly() {
         let again = g.scan(&out);
         assert!(again.len() <= ms.len(), "{text:?} -> {out:?}");
 
-        let body = serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": text}]})).unwrap();
+        let body = serde_json::to_vec(
+            &serde_json::json!({"messages": [{"role": "user", "content": text}]}),
+        )
+        .unwrap();
         let v = g.inspect_request("chat.completions", &body);
         if let VerdictAction::Redact { body } = &v.action {
-            let parsed: serde_json::Value = serde_json::from_slice(body).expect("redacted body parses");
+            let parsed: serde_json::Value =
+                serde_json::from_slice(body).expect("redacted body parses");
             assert!(parsed["messages"][0]["content"].is_string());
         }
     }
-    assert!(total > 1000, "the generator should hit detectors often: {total}");
+    assert!(
+        total > 1000,
+        "the generator should hit detectors often: {total}"
+    );
 }
 
 #[test]
 fn arbitrary_bytes_never_panic() {
-    let g = Guard::new(&Guardrails { default_action: GuardAction::Redact, ..Guardrails::default() }).unwrap();
+    let g = Guard::new(&Guardrails {
+        default_action: GuardAction::Redact,
+        ..Guardrails::default()
+    })
+    .unwrap();
     let mut rng = Rng(42);
     let alphabet = b"{}[]\":,\\u0041 \n\ttruefalsenull0123456789eE+-.abcAKIA@";
     for i in 0..3000 {
         let n = rng.below(80);
-        let mut body: Vec<u8> = (0..n).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+        let mut body: Vec<u8> = (0..n)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
         if i % 10 == 0 {
             body.push((rng.next() & 0xff) as u8);
         }
-        for ep in ["chat.completions", "messages", "generateContent", "mcp", "other"] {
+        for ep in [
+            "chat.completions",
+            "messages",
+            "generateContent",
+            "mcp",
+            "other",
+        ] {
             let v = g.inspect_request(ep, &body);
             if let VerdictAction::Redact { body } = &v.action {
                 serde_json::from_slice::<serde_json::Value>(body).expect("redacted body parses");
