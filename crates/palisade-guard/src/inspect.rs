@@ -365,11 +365,11 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
     let targets = select(ep, &root, body);
 
     let mut findings = Findings::default();
-    let mut block: Option<(usize, String)> = None;
+    let mut block: Option<String> = None;
     let mut redact_rule: Option<String> = None;
     // Strings that carry redact matches: (span, decoded text, matches).
     let mut pending: Vec<(Range<usize>, String, Vec<Match>)> = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
+    for t in &targets {
         let Ok(text) = json::decode(body, &t.span) else {
             return Verdict::skipped("not JSON");
         };
@@ -383,7 +383,7 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
                 1,
             );
             match m.action {
-                GuardAction::Block if block.is_none() => block = Some((ti, m.detector.to_string())),
+                GuardAction::Block if block.is_none() => block = Some(m.detector.to_string()),
                 GuardAction::Redact if redact_rule.is_none() => {
                     redact_rule = Some(m.detector.to_string())
                 }
@@ -412,7 +412,7 @@ pub(crate) fn inspect_request(guard: &Guard, endpoint: &str, body: &[u8]) -> Ver
         }
     }
     let findings = findings.list;
-    if let Some((_, rule)) = block {
+    if let Some(rule) = block {
         tracing::info!(rule = %rule, endpoint, "Guardrail blocked request");
         return Verdict {
             action: VerdictAction::Block { rule },
