@@ -68,37 +68,30 @@ fn main() {
     let guard = Guard::new(&Guardrails::default()).expect("default guard");
     println!("detectors: {}", guard.detector_ids().len());
 
-    // Scan throughput, one core.
-    let text = realistic(4 << 20);
-    let _ = black_box(guard.scan(&text));
-    let runs = 5;
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        black_box(guard.scan(black_box(&text)));
-        times.push(t.elapsed());
+    // Scan throughput, one core. Best-of-N is the figure least disturbed by
+    // other processes on a shared machine; the median is printed too.
+    let runs = 11;
+    let mb = |len: usize| len as f64 / (1 << 20) as f64;
+    for (name, text) in [
+        ("mixed prose+code+logs", realistic(4 << 20)),
+        ("prose only", PROSE.repeat((4 << 20) / PROSE.len())),
+    ] {
+        let _ = black_box(guard.scan(&text));
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            black_box(guard.scan(black_box(&text)));
+            times.push(t.elapsed());
+        }
+        let best = *times.iter().min().expect("runs");
+        let med = median(times);
+        println!(
+            "scan {name}: {:.1} MB, best {:.0} MB/s, median {:.0} MB/s per core",
+            mb(text.len()),
+            mb(text.len()) / best.as_secs_f64(),
+            mb(text.len()) / med.as_secs_f64()
+        );
     }
-    let med = median(times);
-    let mbps = text.len() as f64 / (1 << 20) as f64 / med.as_secs_f64();
-    println!(
-        "scan: {:.1} MB in {:.2} ms (median of {runs}) = {mbps:.0} MB/s per core",
-        text.len() as f64 / (1 << 20) as f64,
-        med.as_secs_f64() * 1e3
-    );
-
-    // Pure prose (no digits-heavy logs) for contrast.
-    let prose: String = PROSE.repeat((1 << 20) / PROSE.len());
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        black_box(guard.scan(black_box(&prose)));
-        times.push(t.elapsed());
-    }
-    let med = median(times);
-    println!(
-        "scan prose only: {:.0} MB/s",
-        prose.len() as f64 / (1 << 20) as f64 / med.as_secs_f64()
-    );
 
     // Latency added to a 100 KB chat.completions request (log-only and redact).
     let prompt = realistic(100 * 1024);
