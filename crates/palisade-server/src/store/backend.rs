@@ -24,6 +24,8 @@ pub struct SqliteBackend {
     /// concurrent batches from timing out; the busy timeout then only covers
     /// writers outside this process.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Set once the writer task runs; ingest goes through it (group commit).
+    group: Option<super::group::GroupCommitter>,
 }
 
 #[derive(Clone)]
@@ -62,7 +64,17 @@ impl SqliteBackend {
         let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
         migrate::migrator(migrate::SQLITE).await?.run(&pool).await?;
         info!(path = %path.display(), "Opened SQLite store");
-        Ok(Self { pool, write_lock: Arc::new(tokio::sync::Mutex::new(())) })
+        let mut backend = Self { pool, write_lock: Arc::new(tokio::sync::Mutex::new(())), group: None };
+        backend.group = Some(super::group::GroupCommitter::start(backend.clone()));
+        Ok(backend)
+    }
+
+    /// Insert through the group committer (one transaction per group of batches).
+    pub(super) async fn insert_events_grouped(&self, device_id: &str, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+        match &self.group {
+            Some(g) => g.insert(device_id, events).await,
+            None => self.insert_events(device_id, &events).await,
+        }
     }
 
     async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
@@ -400,35 +412,46 @@ macro_rules! backend_impl {
             }
 
             pub(super) async fn insert_events(&self, device_id: &str, events: &[NewEvent]) -> Result<u64, StoreError> {
+                Ok(self.insert_event_groups(&[(device_id, events)]).await?.iter().sum())
+            }
+
+            /// Insert several devices' batches in ONE transaction; per group,
+            /// how many rows were new.
+            pub(super) async fn insert_event_groups(
+                &self,
+                groups: &[(&str, &[NewEvent])],
+            ) -> Result<Vec<u64>, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
-                if events.is_empty() {
-                    return Ok(0);
+                let mut counts = vec![0; groups.len()];
+                if groups.iter().all(|(_, e)| e.is_empty()) {
+                    return Ok(counts);
                 }
                 let received = now_ms();
                 let mut tx = self.pool.begin().await?;
-                let mut inserted = 0;
-                for chunk in events.chunks(INSERT_CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO events (id, device_id, time, kind, provider, model, app, decision, json, received_at) ",
-                    );
-                    qb.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.id)
-                            .push_bind(device_id)
-                            .push_bind(e.time.timestamp_millis())
-                            .push_bind(&e.kind)
-                            .push_bind(&e.provider)
-                            .push_bind(&e.model)
-                            .push_bind(&e.app)
-                            .push_bind(&e.decision)
-                            .push_bind(&e.json)
-                            .push_bind(received);
-                    });
-                    qb.push(" ON CONFLICT (id) DO NOTHING");
-                    inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+                for (count, (device_id, events)) in counts.iter_mut().zip(groups) {
+                    for chunk in events.chunks(INSERT_CHUNK_ROWS) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "INSERT INTO events (id, device_id, time, kind, provider, model, app, decision, json, received_at) ",
+                        );
+                        qb.push_values(chunk, |mut b, e| {
+                            b.push_bind(e.id)
+                                .push_bind(*device_id)
+                                .push_bind(e.time.timestamp_millis())
+                                .push_bind(&e.kind)
+                                .push_bind(&e.provider)
+                                .push_bind(&e.model)
+                                .push_bind(&e.app)
+                                .push_bind(&e.decision)
+                                .push_bind(&e.json)
+                                .push_bind(received);
+                        });
+                        qb.push(" ON CONFLICT (id) DO NOTHING");
+                        *count += qb.build().execute(&mut *tx).await?.rows_affected();
+                    }
                 }
                 tx.commit().await?;
-                Ok(inserted)
+                Ok(counts)
             }
 
             pub(super) async fn query_events(&self, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {

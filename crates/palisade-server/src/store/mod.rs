@@ -16,6 +16,7 @@
 //! This module must never log event contents or token hashes.
 
 mod backend;
+mod group;
 mod migrate;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -40,6 +41,10 @@ pub enum StoreError {
     Token(TokenProblem),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("batch not stored: the transaction it was grouped into failed: {0}")]
+    GroupCommit(String),
+    #[error("store is shutting down")]
+    Closed,
     #[error("could not create data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
 }
@@ -283,7 +288,10 @@ impl Store {
     /// Insert a batch for `device_id` in one transaction; ids already stored
     /// are skipped. Returns how many rows were new. Committed on `Ok`.
     pub async fn insert_events(&self, device_id: &str, events: &[NewEvent]) -> Result<u64, StoreError> {
-        dispatch!(self.insert_events(device_id, events))
+        match self {
+            Store::Sqlite(b) => b.insert_events_grouped(device_id, events.to_vec()).await,
+            Store::Postgres(b) => b.insert_events(device_id, events).await,
+        }
     }
 
     pub async fn query_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {

@@ -240,3 +240,32 @@ async fn concurrent_batches_all_commit() {
         assert_eq!(s.count_events().await.unwrap(), 3200);
     }
 }
+
+#[tokio::test]
+async fn sqlite_group_commit_failure_fails_every_batch_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let s = Store::open_sqlite(&path, 4).await.unwrap();
+    let outside = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TRIGGER no_room BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(&outside)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for d in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<_> = (0..10).map(|_| event("interaction", None)).collect();
+            s.insert_events(&format!("d{d}"), &batch).await
+        }));
+    }
+    for t in tasks {
+        let e = t.await.unwrap().unwrap_err();
+        assert!(matches!(e, StoreError::GroupCommit(_) | StoreError::Database(_)), "{e}");
+    }
+    sqlx::query("DROP TRIGGER no_room").execute(&outside).await.unwrap();
+    assert_eq!(s.count_events().await.unwrap(), 0, "a failed group stores nothing");
+    assert_eq!(s.insert_events("d", &[event("interaction", None)]).await.unwrap(), 1);
+}

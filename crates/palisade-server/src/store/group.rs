@@ -1,0 +1,74 @@
+//! Group commit for SQLite ingest: batches that arrive while a commit is in
+//! progress are committed together in the next transaction, so many agents
+//! sending small batches cost one fsync per group instead of one per batch.
+//!
+//! Each caller still gets its own answer only after the transaction that
+//! holds its rows committed; if that transaction fails, every batch in it
+//! gets the error (and no caller acks). Must never answer before commit.
+
+use super::{NewEvent, SqliteBackend, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+/// Most events gathered into one transaction.
+pub(super) const MAX_GROUP_EVENTS: usize = 8192;
+/// Batches waiting for the writer before callers queue on send.
+const QUEUE_DEPTH: usize = 256;
+
+struct Job {
+    device_id: String,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct GroupCommitter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl GroupCommitter {
+    /// Start the writer task. It ends when every handle is dropped.
+    pub(super) fn start(backend: SqliteBackend) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(writer(backend, rx));
+        Self { tx }
+    }
+
+    pub(super) async fn insert(&self, device_id: &str, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { device_id: device_id.to_string(), events, reply };
+        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn writer(backend: SqliteBackend, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut total = first.events.len();
+        let mut jobs = vec![first];
+        while total < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    total += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let groups: Vec<(&str, &[NewEvent])> = jobs.iter().map(|j| (j.device_id.as_str(), &j.events[..])).collect();
+        match backend.insert_event_groups(&groups).await {
+            Ok(counts) => {
+                for (job, count) in jobs.into_iter().zip(counts) {
+                    let _ = job.reply.send(Ok(count));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, batches = jobs.len(), events = total, "Group commit failed; nothing in it is stored");
+                let message = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::GroupCommit(message.clone())));
+                }
+            }
+        }
+    }
+}
