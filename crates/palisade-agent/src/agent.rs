@@ -5,6 +5,7 @@
 //! agent in-process on a listener bound to port 0.
 
 use crate::config::{AgentConfig, ConfigError, KeyStoreChoice};
+use crate::inventory::{Discovery, DiscoveryInputs, DiscoveryOptions};
 use crate::proxy::{self, PolicyHandle, ProxyState, ProxyStats};
 use crate::recorder::Recorder;
 use crate::sync::{SyncClient, SyncHandle, SyncInputs, SyncOptions};
@@ -51,6 +52,8 @@ pub struct Agent {
     /// The control-plane sync client's handle, when `server` is configured.
     pub sync: Option<SyncHandle>,
     sync_client: Option<SyncClient>,
+    /// The discovery task, when `discovery.enabled`.
+    discovery: Option<Discovery>,
     listener: Option<TcpListener>,
 }
 
@@ -160,6 +163,7 @@ impl Agent {
             })?,
         };
 
+        let catalog = Arc::new(config.discovery.load_catalog()?);
         let state = Arc::new(ProxyState {
             policy: policy.clone(),
             leaves,
@@ -170,7 +174,7 @@ impl Agent {
             prices: Arc::new(prices),
             recorder: recorder.clone(),
             attributor: crate::attribution::platform_attributor(),
-            catalog: Arc::new(palisade_discovery::Catalog::builtin()),
+            catalog: catalog.clone(),
             device: DeviceRef {
                 id: device_id,
                 hostname,
@@ -181,6 +185,7 @@ impl Agent {
             client_idle_timeout: Duration::from_millis(config.client_idle_timeout_ms),
             stats: ProxyStats::default(),
             public_addr: addr,
+            blocked_remote: Default::default(),
         });
         let (sync_client, sync) = match &config.server {
             None => (None, None),
@@ -201,6 +206,15 @@ impl Agent {
                 (Some(client), Some(handle))
             }
         };
+        let discovery = config.discovery.enabled.then(|| {
+            Discovery::new(DiscoveryInputs {
+                config: config.discovery.clone(),
+                data_dir: data_dir.clone(),
+                state: state.clone(),
+                sync: sync.clone(),
+                catalog,
+            })
+        });
         Ok(Agent {
             state,
             ca,
@@ -209,6 +223,7 @@ impl Agent {
             config,
             sync,
             sync_client,
+            discovery,
             listener: Some(listener),
         })
     }
@@ -221,13 +236,28 @@ impl Agent {
         }
     }
 
+    /// Replace the discovery task's tuning (before [`Agent::run`]; tests use
+    /// a short debounce). No effect when discovery is disabled.
+    pub fn set_discovery_options(&mut self, opts: DiscoveryOptions) {
+        if let Some(d) = &mut self.discovery {
+            d.set_options(opts);
+        }
+    }
+
     /// Serve until `shutdown`, then flush the recorder.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let listener = self.listener.take().expect("run called once");
         let (stop_sync, stop_rx) = tokio::sync::watch::channel(false);
         let sync_task = self.sync_client.take().map(|c| tokio::spawn(c.run(stop_rx)));
+        let (stop_discovery, discovery_rx) = tokio::sync::watch::channel(false);
+        let discovery_task = self.discovery.take().map(|d| tokio::spawn(d.run(discovery_rx)));
         info!(addr = %self.addr, "Proxy listening");
         proxy::serve(listener, self.state.clone(), shutdown).await;
+        // Discovery stops first so its last records are in the flush.
+        let _ = stop_discovery.send(true);
+        if let Some(task) = discovery_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.recorder.flush()).await;
         // Whatever was not uploaded stays in the spool for the next start.
         let _ = stop_sync.send(true);

@@ -18,6 +18,10 @@ pub const DEFAULT_LEAF_CACHE: usize = 1024;
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// How long a client may stay silent in the middle of a request body.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Full MCP/app rescan interval: the backstop behind the file watchers.
+pub const DEFAULT_DISCOVERY_RESCAN_SECS: u64 = 300;
+/// Longest accepted rescan interval (one day).
+pub const MAX_DISCOVERY_RESCAN_SECS: u64 = 86_400;
 
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +50,97 @@ pub struct AgentConfig {
     /// Owner of the device as named by MDM.
     pub owner_email: Option<String>,
     pub server: Option<ServerLink>,
+    /// AI app and MCP server discovery, and MCP enforcement.
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`: what the discovery task scans and whether it enforces.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    pub enabled: bool,
+    /// File-system root to scan instead of `/` (tests point it at a temp dir).
+    /// Managed files (`/etc/claude-code/...`) are looked up under it too.
+    pub root: Option<PathBuf>,
+    /// Exactly these homes, instead of listing the machine's users.
+    pub homes: Option<Vec<PathBuf>>,
+    /// Full rescan interval in seconds (watchers report changes sooner).
+    pub rescan_interval_secs: u64,
+    /// Disable denied MCP servers in client configs and block denied remote
+    /// ones at the proxy. When false, discovery only reports.
+    pub enforce: bool,
+    /// An app catalog (JSON) replacing the built-in one.
+    pub catalog_file: Option<PathBuf>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            root: None,
+            homes: None,
+            rescan_interval_secs: DEFAULT_DISCOVERY_RESCAN_SECS,
+            enforce: true,
+            catalog_file: None,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// The root to scan: `root`, or `/`.
+    pub fn scan_root(&self) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    /// The app catalog: `catalog_file` if set, else the built-in one.
+    pub fn load_catalog(&self) -> Result<palisade_discovery::Catalog, ConfigError> {
+        match &self.catalog_file {
+            None => Ok(palisade_discovery::Catalog::builtin()),
+            Some(p) => palisade_discovery::Catalog::from_path(p).map_err(|e| {
+                ConfigError::Invalid(vec![format!(
+                    "discovery.catalog_file = {}: {e}",
+                    p.display()
+                )])
+            }),
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.rescan_interval_secs == 0 || self.rescan_interval_secs > MAX_DISCOVERY_RESCAN_SECS {
+            problems.push(format!(
+                "discovery.rescan_interval_secs = {}: must be between 1 and {MAX_DISCOVERY_RESCAN_SECS}",
+                self.rescan_interval_secs
+            ));
+        }
+        if let Some(r) = &self.root {
+            if !r.is_absolute() {
+                problems.push(format!(
+                    "discovery.root = {}: must be an absolute path",
+                    r.display()
+                ));
+            } else if !r.is_dir() {
+                problems.push(format!(
+                    "discovery.root = {}: no such directory",
+                    r.display()
+                ));
+            }
+        }
+        if let Some(homes) = &self.homes {
+            for h in homes {
+                if !h.is_absolute() {
+                    problems.push(format!(
+                        "discovery.homes: {} must be an absolute path",
+                        h.display()
+                    ));
+                }
+            }
+        }
+        if self.catalog_file.is_some() {
+            if let Err(ConfigError::Invalid(p)) = self.load_catalog() {
+                problems.extend(p);
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -94,6 +189,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("key_store", &self.key_store)
             .field("owner_email", &self.owner_email)
             .field("server", &self.server)
+            .field("discovery", &self.discovery)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +211,7 @@ impl Default for AgentConfig {
             key_store: KeyStoreChoice::Auto,
             owner_email: None,
             server: None,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -215,9 +312,13 @@ impl AgentConfig {
                 problems.push(format!("server.url = {:?}: must be https://", s.url));
             }
             if !s.ca_file.is_file() {
-                problems.push(format!("server.ca_file = {}: no such file", s.ca_file.display()));
+                problems.push(format!(
+                    "server.ca_file = {}: no such file",
+                    s.ca_file.display()
+                ));
             }
         }
+        self.discovery.problems(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -310,6 +411,69 @@ mod tests {
         let f = write(d.path(), "agent.toml", "lisen = \"127.0.0.1:1\"\n");
         let e = AgentConfig::load(Some(&f), None).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn discovery_defaults_and_section() {
+        let d = tempfile::tempdir().unwrap();
+        let c = AgentConfig::load(Some(&write(d.path(), "a.toml", "")), None).unwrap();
+        assert!(c.discovery.enabled && c.discovery.enforce);
+        assert_eq!(
+            c.discovery.rescan_interval_secs,
+            DEFAULT_DISCOVERY_RESCAN_SECS
+        );
+        assert_eq!(c.discovery.scan_root(), PathBuf::from("/"));
+        let text = format!(
+            "[discovery]\nroot = {:?}\nhomes = [\"/home/a\"]\nrescan_interval_secs = 30\nenforce = false\n",
+            d.path().display().to_string()
+        );
+        let c = AgentConfig::load(Some(&write(d.path(), "b.toml", &text)), None).unwrap();
+        assert_eq!(c.discovery.root.as_deref(), Some(d.path()));
+        assert_eq!(c.discovery.homes, Some(vec![PathBuf::from("/home/a")]));
+        assert_eq!(c.discovery.rescan_interval_secs, 30);
+        assert!(!c.discovery.enforce && c.discovery.enabled);
+    }
+
+    #[test]
+    fn discovery_problems_are_all_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let bad_catalog = write(
+            d.path(),
+            "catalog.json",
+            "{\"version\": 1, \"apps\": [{\"id\": \"\"}]}",
+        );
+        let text = format!(
+            "[discovery]\nroot = \"relative/dir\"\nhomes = [\"home/a\"]\nrescan_interval_secs = 0\ncatalog_file = {:?}\n",
+            bad_catalog.display().to_string()
+        );
+        match AgentConfig::load(Some(&write(d.path(), "a.toml", &text)), None).unwrap_err() {
+            ConfigError::Invalid(p) => {
+                assert_eq!(p.len(), 4, "{p:?}");
+                assert!(
+                    p.iter().any(|m| m.contains("rescan_interval_secs")),
+                    "{p:?}"
+                );
+                assert!(p.iter().any(|m| m.contains("discovery.root")), "{p:?}");
+                assert!(p.iter().any(|m| m.contains("discovery.homes")), "{p:?}");
+                assert!(p.iter().any(|m| m.contains("catalog_file")), "{p:?}");
+            }
+            other => panic!("{other}"),
+        }
+        let missing = format!(
+            "[discovery]\nroot = {:?}\n",
+            d.path().join("nope").display().to_string()
+        );
+        let e = AgentConfig::load(Some(&write(d.path(), "b.toml", &missing)), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such directory"), "{e}");
+        let e = AgentConfig::load(
+            Some(&write(d.path(), "c.toml", "[discovery]\nenforse = true\n")),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("enforse"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod attribution;
 pub mod config;
+pub mod inventory;
 pub mod proxy;
 pub mod recorder;
 pub mod sync;

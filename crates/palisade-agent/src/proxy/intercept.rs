@@ -148,6 +148,21 @@ pub async fn forward_plain(
             forward(req, "http", &target, state, conn).await
         }
         None => {
+            // A destination only denied MCP servers use is refused whole;
+            // plain HTTP also shows the path, so a denied URL is refused too.
+            use crate::inventory::remote::{block_response, record_block, BlockStage};
+            let path = req.uri().path().to_string();
+            let blocked = match state.blocked_remote.for_connect(&host, port) {
+                Some(b) => Some((b, BlockStage::Connect)),
+                None => state
+                    .blocked_remote
+                    .for_request(&host, port, &path)
+                    .map(|b| (b, BlockStage::Request)),
+            };
+            if let Some((b, stage)) = blocked {
+                record_block(&state, &conn, &b, stage, Some(&path)).await;
+                return block_response(&b.name);
+            }
             let (mut parts, body) = req.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts.version = Version::HTTP_11;
@@ -180,6 +195,12 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    // A denied remote MCP server on an AI host: refused before a byte leaves.
+    if let Some(b) = state.blocked_remote.for_request(&target.host, target.port, &path) {
+        use crate::inventory::remote::{block_response, record_block, BlockStage};
+        record_block(&state, &conn, &b, BlockStage::Request, Some(&path)).await;
+        return block_response(&b.name);
+    }
     let ep = classify(&target.provider, parts.method.as_str(), &path);
     let policy = state.policy.current();
     let mut ex = Exchange {

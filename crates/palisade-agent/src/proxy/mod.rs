@@ -55,6 +55,9 @@ pub struct PolicyHandle {
     active: Arc<RwLock<Arc<ActivePolicy>>>,
     /// A user's gitleaks-format rule file, compiled into every policy's guard.
     gitleaks_toml: Option<Arc<str>>,
+    /// Bumped on every successful [`PolicyHandle::set`], so tasks that act
+    /// on policy (MCP enforcement) re-apply without polling.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl PolicyHandle {
@@ -64,6 +67,7 @@ impl PolicyHandle {
         Ok(Self {
             active: Arc::new(RwLock::new(Arc::new(active))),
             gitleaks_toml,
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -75,7 +79,13 @@ impl PolicyHandle {
     pub fn set(&self, p: Policy) -> Result<(), palisade_guard::GuardError> {
         let active = compile(p, self.gitleaks_toml.as_deref())?;
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
+        self.changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Notified after every policy change (the value counts changes).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
@@ -117,6 +127,8 @@ pub struct ProxyState {
     pub stats: ProxyStats,
     /// The address clients reach the proxy on (for the PAC file).
     pub public_addr: SocketAddr,
+    /// Remote MCP servers policy refuses, published by the discovery task.
+    pub blocked_remote: crate::inventory::BlockedRemotes,
 }
 
 /// Accept connections until `shutdown` resolves.
@@ -225,6 +237,20 @@ fn connect(
         .current()
         .ai_provider_for(&host)
         .map(str::to_string);
+    // A destination only denied remote MCP servers use is refused before a
+    // byte flows. AI hosts are refused per request (by path) instead.
+    if provider.is_none() {
+        if let Some(b) = state.blocked_remote.for_connect(&host, port) {
+            tokio::spawn(async move {
+                use crate::inventory::remote::{record_block, BlockStage};
+                record_block(&state, &conn, &b, BlockStage::Connect, None).await;
+            });
+            return text(
+                StatusCode::FORBIDDEN,
+                "palisade: this MCP server is denied by policy\n",
+            );
+        }
+    }
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,

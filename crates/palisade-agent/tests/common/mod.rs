@@ -47,6 +47,10 @@ pub struct Options {
     /// Agent data dir (to restart on the same state); default: a fresh temp dir.
     pub data_dir: Option<std::path::PathBuf>,
     pub sync_options: Option<palisade_agent::sync::SyncOptions>,
+    /// Discovery settings; `None` turns discovery off so tests never scan
+    /// (or enforce on) this machine's real homes.
+    pub discovery: Option<palisade_agent::config::DiscoveryConfig>,
+    pub discovery_options: Option<palisade_agent::inventory::DiscoveryOptions>,
 }
 
 impl Default for Options {
@@ -59,6 +63,8 @@ impl Default for Options {
             server: None,
             data_dir: None,
             sync_options: None,
+            discovery: None,
+            discovery_options: None,
         }
     }
 }
@@ -79,13 +85,23 @@ impl Harness {
         let ca_file = dir.path().join("upstream-ca.pem");
         std::fs::write(&ca_file, test_ca.cert_pem()).unwrap();
         let mut cfg = AgentConfig {
-            data_dir: opts.data_dir.clone().unwrap_or_else(|| dir.path().join("agent")),
+            data_dir: opts
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("agent")),
             server: opts.server.clone(),
             upstream_ca_file: Some(ca_file),
             key_store: KeyStoreChoice::File,
             capture_max_bytes: opts.capture_max_bytes,
             client_idle_timeout_ms: opts.client_idle_timeout_ms,
             owner_email: Some("jane@example.com".into()),
+            discovery: opts
+                .discovery
+                .clone()
+                .unwrap_or(palisade_agent::config::DiscoveryConfig {
+                    enabled: false,
+                    ..Default::default()
+                }),
             ..Default::default()
         };
         for n in AI_NAMES {
@@ -102,6 +118,9 @@ impl Harness {
         let mut agent = Agent::start(cfg, listener).await.unwrap();
         if let Some(o) = opts.sync_options.clone() {
             agent.set_sync_options(o);
+        }
+        if let Some(o) = opts.discovery_options.clone() {
+            agent.set_discovery_options(o);
         }
         let sync = agent.sync.clone();
         let addr = agent.addr;
@@ -133,7 +152,9 @@ impl Harness {
         let mut b = reqwest::Client::builder()
             .proxy(reqwest::Proxy::all(format!("http://{}", self.addr)).unwrap())
             .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(self.agent_ca_pem.as_bytes()).unwrap())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.agent_ca_pem.as_bytes()).unwrap(),
+            )
             .timeout(Duration::from_secs(30));
         if http1_only {
             b = b.http1_only();
