@@ -134,6 +134,9 @@ pub struct FleetArgs {
     /// WatchPolicy connections being set up at once.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub connect_concurrency: u32,
+    /// Server store pool size (`store.max_connections`); default: the server's default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub store_connections: Option<u32>,
     #[arg(long)]
     pub skip_ingest: bool,
     #[arg(long)]
@@ -218,6 +221,7 @@ async fn run_store(exe: &std::path::Path, store: StoreKind, args: &FleetArgs, ru
     let knobs = ServerKnobs {
         max_concurrent_batches: (args.ingest_devices * args.inflight).max(32) as usize,
         enroll_uses: args.agents + args.ingest_devices + 10,
+        store_connections: args.store_connections,
     };
     let server = ServerProcess::start(exe, store, &knobs).await?;
     let result = measure(&server, args, run_id).await;
@@ -249,9 +253,9 @@ async fn measure(server: &ServerProcess, args: &FleetArgs, run_id: &str) -> Resu
             duration: Duration::from_secs(args.ingest_seconds),
             max_batches_per_device: None,
         };
-        let cpu0 = stats::cpu_secs(pid);
+        let mark = stats::CpuMark::now(pid);
         let r = ingest::run(target, &enrolled, &cfg).await?;
-        let cpu = cpu0.zip(stats::cpu_secs(pid)).map(|(a, b)| b - a);
+        let share = mark.and_then(|m| m.since(pid));
         let (rss, hwm) = stats::rss_kb(pid).unwrap_or_default();
         println!(
             "== [{name}] (a) ingest: {} streams, batch {}, {} in flight, {:.1}s: {} events acked",
@@ -270,16 +274,16 @@ async fn measure(server: &ServerProcess, args: &FleetArgs, run_id: &str) -> Resu
             r.retried_errors,
             r.rejected_events
         );
-        if let Some(cpu) = cpu {
+        if let Some(share) = share {
             println!(
-                "   server CPU {:.1}s over {:.1}s wall ({:.0}% of one core), {:.1} µs CPU per event; RSS {:.1} MiB (peak {:.1} MiB)",
-                cpu,
+                "   server CPU {:.1}s over {:.1}s wall = {:.1} µs CPU per event; RSS {:.1} MiB (peak {:.1} MiB)",
+                share.server,
                 r.elapsed.as_secs_f64(),
-                cpu / r.elapsed.as_secs_f64() * 100.0,
-                cpu * 1e6 / r.acked_events.max(1) as f64,
+                share.server * 1e6 / r.acked_events.max(1) as f64,
                 mib(rss),
                 mib(hwm)
             );
+            println!("   {share}");
         }
     }
 
@@ -292,6 +296,7 @@ async fn measure(server: &ServerProcess, args: &FleetArgs, run_id: &str) -> Resu
         )
         .await?;
         let enroll_secs = start.elapsed().as_secs_f64();
+        let before_fleet = stats::rss_kb(pid).map(|(rss, _)| rss).unwrap_or(idle_rss);
         println!("== [{name}] enrolled {n} agents (CSR signed, device certs issued) in {enroll_secs:.1}s = {:.0}/s", n as f64 / enroll_secs);
         let cfg = propagation::PropagationConfig {
             connect_concurrency: args.connect_concurrency as usize,
@@ -300,8 +305,12 @@ async fn measure(server: &ServerProcess, args: &FleetArgs, run_id: &str) -> Resu
             server_pid: Some(pid),
             marker: format!("fleet-bench-{run_id}"),
         };
+        let mark = stats::CpuMark::now(pid);
         let r = propagation::run(target, enrolled, &cfg).await?;
-        print_propagation(name, &r, idle_rss);
+        print_propagation(name, &r, before_fleet);
+        if let Some(share) = mark.and_then(|m| m.since(pid)) {
+            println!("   during connect + propagation, {share}");
+        }
     }
     Ok(())
 }
@@ -316,7 +325,8 @@ async fn timed<T>(
         .map_err(|_| FleetError::Timeout(format!("{what} took over {ENROLL_DEADLINE:?}")))?
 }
 
-fn print_propagation(name: &str, r: &propagation::PropagationReport, idle_rss: u64) {
+/// `base_rss`: the server's RSS just before the fleet connected.
+fn print_propagation(name: &str, r: &propagation::PropagationReport, base_rss: u64) {
     println!(
         "== [{name}] (b) policy propagation: {}/{} agents connected (own mTLS connection + WatchPolicy each) in {:.1}s{}",
         r.connected,
@@ -345,12 +355,13 @@ fn print_propagation(name: &str, r: &propagation::PropagationReport, idle_rss: u
         println!("   server CPU during propagation {cpu:.2}s");
     }
     if let Some((rss, hwm)) = r.server_rss_connected {
-        let per_agent = rss.saturating_sub(idle_rss) as f64 / r.connected.max(1) as f64;
+        let per_agent = rss.saturating_sub(base_rss) as f64 / r.connected.max(1) as f64;
         println!(
-            "== [{name}] (c) server RSS with {} agents connected: {:.1} MiB (peak so far {:.1} MiB, ~{per_agent:.0} KiB per agent above idle)",
+            "== [{name}] (c) server RSS with {} agents connected: {:.1} MiB (peak so far {:.1} MiB; {:.1} MiB before they connected, ~{per_agent:.0} KiB per agent)",
             r.connected,
             mib(rss),
-            mib(hwm)
+            mib(hwm),
+            mib(base_rss)
         );
     }
     if let Some((rss, hwm)) = r.server_rss_after {

@@ -117,7 +117,7 @@ pub async fn run(
                 report.connected += 1;
                 report.initial_version = report.initial_version.max(version);
                 settled += 1;
-                if report.connected % 1000 == 0 {
+                if report.connected.is_multiple_of(1000) {
                     eprintln!("  {} agents connected ({:.1}s)", report.connected, start.elapsed().as_secs_f64());
                 }
             }

@@ -136,7 +136,7 @@ fn template(device_id: &str, seed: usize) -> Template {
         host: host.into(),
         endpoint: endpoint.into(),
         model: Some(model.into()),
-        stream: seed % 2 == 0,
+        stream: seed.is_multiple_of(2),
         request: RequestCapture {
             prompt: Some(String::new()),
             params: serde_json::json!({"temperature": 0.2, "max_tokens": 1024, "tools": 3}),

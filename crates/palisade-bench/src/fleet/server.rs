@@ -50,6 +50,8 @@ impl StoreKind {
 pub struct ServerKnobs {
     pub max_concurrent_batches: usize,
     pub enroll_uses: u32,
+    /// `store.max_connections`; `None` keeps the server default.
+    pub store_connections: Option<u32>,
 }
 
 /// The server's TOML config: loopback listeners, everything under `data_dir`.
@@ -64,12 +66,15 @@ pub fn config_toml(
     root.insert("grpc_listen".into(), grpc.to_string().into());
     root.insert("admin_listen".into(), admin.to_string().into());
     root.insert("data_dir".into(), data_dir.display().to_string().into());
+    let mut s = toml::Table::new();
     if let StoreKind::Postgres { url, schema } = store {
-        let mut s = toml::Table::new();
         s.insert("postgres_url".into(), url.clone().into());
         s.insert("postgres_schema".into(), schema.clone().into());
-        root.insert("store".into(), s.into());
     }
+    if let Some(n) = knobs.store_connections {
+        s.insert("max_connections".into(), i64::from(n).into());
+    }
+    root.insert("store".into(), s.into());
     let mut limits = toml::Table::new();
     let batches = i64::try_from(knobs.max_concurrent_batches).unwrap_or(i64::MAX);
     limits.insert("max_concurrent_batches".into(), batches.into());
@@ -216,7 +221,7 @@ mod tests {
     use super::*;
 
     fn knobs() -> ServerKnobs {
-        ServerKnobs { max_concurrent_batches: 128, enroll_uses: 10 }
+        ServerKnobs { max_concurrent_batches: 128, enroll_uses: 10, store_connections: None }
     }
 
     #[test]
@@ -231,6 +236,10 @@ mod tests {
         assert_eq!(cfg.data_dir, dir);
         assert_eq!(cfg.limits.max_concurrent_batches, 128);
         assert_eq!(cfg.store.postgres_url, None);
+        assert_eq!(cfg.store.max_connections, palisade_server::config::DEFAULT_MAX_CONNECTIONS);
+        let pool = ServerKnobs { store_connections: Some(3), ..knobs() };
+        let cfg = ServerConfig::from_toml(&config_toml(dir, g, a, &StoreKind::Sqlite, &pool)).unwrap();
+        assert_eq!(cfg.store.max_connections, 3);
     }
 
     #[test]
