@@ -47,7 +47,10 @@ mod tests {
         let req = EnrollRequest {
             token: "super-secret-token".into(),
             csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
-            facts: Some(DeviceFacts { hostname: "h".into(), ..Default::default() }),
+            facts: Some(DeviceFacts {
+                hostname: "h".into(),
+                ..Default::default()
+            }),
         };
         let s = format!("{req:?}");
         assert!(!s.contains("super-secret-token"), "{s}");
@@ -60,7 +63,10 @@ mod tests {
             batch_id: 7,
             result: Some(upload_response::Result::Ack(Ack {
                 event_ids: vec!["a".into()],
-                rejected: vec![Rejected { id: "b".into(), reason: "bad json".into() }],
+                rejected: vec![Rejected {
+                    id: "b".into(),
+                    reason: "bad json".into(),
+                }],
             })),
         };
         let bytes = resp.encode_to_vec();

@@ -123,14 +123,22 @@ impl ServerConfig {
 
     /// A config for tests and `palisade up`: everything under `data_dir`.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), ..Self::default() }
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
-        for (key, v) in [("grpc_listen", &self.grpc_listen), ("admin_listen", &self.admin_listen)] {
+        for (key, v) in [
+            ("grpc_listen", &self.grpc_listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
             if v.parse::<SocketAddr>().is_err() {
-                p.push(format!("{key}: {v:?} is not an address like 127.0.0.1:7443"));
+                p.push(format!(
+                    "{key}: {v:?} is not an address like 127.0.0.1:7443"
+                ));
             }
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -148,7 +156,9 @@ impl ServerConfig {
         }
         if let Some(schema) = &self.store.postgres_schema {
             if !is_identifier(schema) {
-                p.push(format!("store.postgres_schema: {schema:?} must be [a-z_][a-z0-9_]* (max 63)"));
+                p.push(format!(
+                    "store.postgres_schema: {schema:?} must be [a-z_][a-z0-9_]* (max 63)"
+                ));
             }
             if self.store.postgres_url.is_none() {
                 p.push("store.postgres_schema: set without store.postgres_url".into());
@@ -195,7 +205,10 @@ impl ServerConfig {
 
     /// The SQLite file this config uses (when not on PostgreSQL).
     pub fn sqlite_path(&self) -> PathBuf {
-        self.store.sqlite_path.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SQLITE_FILE))
+        self.store
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(DEFAULT_SQLITE_FILE))
     }
 
     /// Directory for generated TLS material.
@@ -239,7 +252,10 @@ impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreConfig")
             .field("sqlite_path", &self.sqlite_path)
-            .field("postgres_url", &self.postgres_url.as_ref().map(|u| redact_url(u)))
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_ref().map(|u| redact_url(u)),
+            )
             .field("postgres_schema", &self.postgres_schema)
             .field("max_connections", &self.max_connections)
             .finish()
@@ -248,7 +264,9 @@ impl std::fmt::Debug for StoreConfig {
 
 /// `postgres://user:secret@host/db` -> `postgres://user:...@host/db`.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "...".into() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "...".into();
+    };
     match rest.split_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
@@ -260,7 +278,12 @@ pub(crate) fn redact_url(url: &str) -> String {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { sqlite_path: None, postgres_url: None, postgres_schema: None, max_connections: DEFAULT_MAX_CONNECTIONS }
+        Self {
+            sqlite_path: None,
+            postgres_url: None,
+            postgres_schema: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
     }
 }
 
@@ -268,7 +291,13 @@ impl Default for StoreConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { ca_cert: None, ca_key: None, server_cert: None, server_key: None, device_cert_days: DEFAULT_DEVICE_CERT_DAYS }
+        Self {
+            ca_cert: None,
+            ca_key: None,
+            server_cert: None,
+            server_key: None,
+            device_cert_days: DEFAULT_DEVICE_CERT_DAYS,
+        }
     }
 }
 
@@ -297,7 +326,10 @@ mod tests {
         let cfg = ServerConfig::from_toml("").unwrap();
         assert_eq!(cfg, ServerConfig::default());
         assert_eq!(cfg.store.max_connections, DEFAULT_MAX_CONNECTIONS);
-        assert_eq!(cfg.sqlite_path(), PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_SQLITE_FILE));
+        assert_eq!(
+            cfg.sqlite_path(),
+            PathBuf::from(DEFAULT_DATA_DIR).join(DEFAULT_SQLITE_FILE)
+        );
     }
 
     #[test]
@@ -325,7 +357,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         let e = ServerConfig::from_toml("grpc_lisen = \"x\"").unwrap_err();
-        assert!(matches!(&e, ConfigError::Parse(m) if m.contains("grpc_lisen")), "{e}");
+        assert!(
+            matches!(&e, ConfigError::Parse(m) if m.contains("grpc_lisen")),
+            "{e}"
+        );
         let e = ServerConfig::from_toml("[limits]\nmax_batch = 3").unwrap_err();
         assert!(e.to_string().contains("max_batch"), "{e}");
     }
@@ -338,13 +373,18 @@ mod tests {
 
     #[test]
     fn validate_reports_every_problem() {
-        let mut cfg = ServerConfig { grpc_listen: "nope".into(), ..Default::default() };
+        let mut cfg = ServerConfig {
+            grpc_listen: "nope".into(),
+            ..Default::default()
+        };
         cfg.store.postgres_url = Some("mysql://x".into());
         cfg.store.postgres_schema = Some("Bad-Name".into());
         cfg.tls.ca_cert = Some("/ca.pem".into());
         cfg.limits.max_batch_events = 0;
         cfg.limits.max_message_bytes = 10;
-        let ConfigError::Invalid(p) = cfg.validate().unwrap_err() else { panic!("expected Invalid") };
+        let ConfigError::Invalid(p) = cfg.validate().unwrap_err() else {
+            panic!("expected Invalid")
+        };
         assert_eq!(p.len(), 6, "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("grpc_listen")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("tls.ca_cert")), "{p:?}");

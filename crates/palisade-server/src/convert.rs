@@ -8,8 +8,8 @@
 
 use crate::store::{InventoryRecord, NewEvent};
 use palisade_core::AuditEvent;
-use serde::Deserialize;
 use palisade_proto as proto;
+use serde::Deserialize;
 use uuid::Uuid;
 
 /// Longest accepted device fact / inventory string, in bytes.
@@ -23,7 +23,10 @@ pub struct InvalidInput {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidInput {
-    InvalidInput { field: field.into(), problem: problem.into() }
+    InvalidInput {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 fn checked(field: &str, v: String, required: bool) -> Result<String, InvalidInput> {
@@ -54,7 +57,13 @@ impl TryFrom<proto::DeviceFacts> for DeviceFacts {
     type Error = InvalidInput;
 
     fn try_from(f: proto::DeviceFacts) -> Result<Self, InvalidInput> {
-        let proto::DeviceFacts { hostname, os, hardware_id, agent_version, owner_email } = f;
+        let proto::DeviceFacts {
+            hostname,
+            os,
+            hardware_id,
+            agent_version,
+            owner_email,
+        } = f;
         let owner_email = checked("facts.owner_email", owner_email, false)?;
         if !owner_email.is_empty() && !owner_email.contains('@') {
             return Err(invalid("facts.owner_email", "is not an e-mail address"));
@@ -97,15 +106,20 @@ impl TryFrom<proto::AuditRecord> for IncomingEvent {
 
     fn try_from(r: proto::AuditRecord) -> Result<Self, RecordProblem> {
         let proto::AuditRecord { id, json } = r;
-        let id = Uuid::parse_str(&id).map_err(|_| RecordProblem::BadId(id.chars().take(64).collect()))?;
+        let id = Uuid::parse_str(&id)
+            .map_err(|_| RecordProblem::BadId(id.chars().take(64).collect()))?;
         if id.get_version_num() != 7 {
             return Err(RecordProblem::NotV7(id));
         }
         let raw: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&json).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
-        let event = AuditEvent::deserialize(&raw).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
+        let event =
+            AuditEvent::deserialize(&raw).map_err(|e| RecordProblem::BadJson(e.to_string()))?;
         if event.id != id {
-            return Err(RecordProblem::IdMismatch { record: id, json: event.id });
+            return Err(RecordProblem::IdMismatch {
+                record: id,
+                json: event.id,
+            });
         }
         Ok(Self { id, event, raw })
     }
@@ -120,10 +134,17 @@ impl IncomingEvent {
         let spoofed = event.device.id != device_id && !event.device.id.is_empty();
         // `device` is an object here: AuditEvent::deserialize accepted it.
         if let Some(serde_json::Value::Object(device)) = raw.get_mut("device") {
-            device.insert("id".into(), serde_json::Value::String(device_id.to_string()));
+            device.insert(
+                "id".into(),
+                serde_json::Value::String(device_id.to_string()),
+            );
         }
         let (provider, model, decision) = match &event.interaction {
-            Some(i) => (Some(i.provider.clone()), i.model.clone(), Some(i.policy.decision.as_str().to_string())),
+            Some(i) => (
+                Some(i.provider.clone()),
+                i.model.clone(),
+                Some(i.policy.decision.as_str().to_string()),
+            ),
             None => (None, None, None),
         };
         let app = event.app.as_ref().and_then(|a| a.name.clone());
@@ -146,22 +167,38 @@ impl TryFrom<proto::InventoryItem> for InventoryRecord {
     type Error = InvalidInput;
 
     fn try_from(i: proto::InventoryItem) -> Result<Self, InvalidInput> {
-        let proto::InventoryItem { kind, id, name, details_json } = i;
+        let proto::InventoryItem {
+            kind,
+            id,
+            name,
+            details_json,
+        } = i;
         let kind = checked("kind", kind, true)?;
-        if !kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.') {
-            return Err(invalid("kind", format!("{kind:?} must be lowercase [a-z0-9_.]")));
+        if !kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        {
+            return Err(invalid(
+                "kind",
+                format!("{kind:?} must be lowercase [a-z0-9_.]"),
+            ));
         }
         let details = if details_json.is_empty() {
             "{}".to_string()
         } else {
-            let v: serde_json::Value =
-                serde_json::from_slice(&details_json).map_err(|e| invalid("details_json", e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_slice(&details_json)
+                .map_err(|e| invalid("details_json", e.to_string()))?;
             if !v.is_object() {
                 return Err(invalid("details_json", "must be a JSON object"));
             }
             v.to_string()
         };
-        Ok(Self { kind, item_id: checked("id", id, true)?, name: checked("name", name, false)?, details })
+        Ok(Self {
+            kind,
+            item_id: checked("id", id, true)?,
+            name: checked("name", name, false)?,
+            details,
+        })
     }
 }
 
@@ -184,15 +221,49 @@ mod tests {
     fn facts_convert_and_validate() {
         let f = DeviceFacts::try_from(facts()).unwrap();
         assert_eq!(f.owner_email.as_deref(), Some("ann@example.com"));
-        let f = DeviceFacts::try_from(proto::DeviceFacts { owner_email: "".into(), ..facts() }).unwrap();
+        let f = DeviceFacts::try_from(proto::DeviceFacts {
+            owner_email: "".into(),
+            ..facts()
+        })
+        .unwrap();
         assert_eq!(f.owner_email, None);
 
         let cases = [
-            (proto::DeviceFacts { hostname: " ".into(), ..facts() }, "facts.hostname"),
-            (proto::DeviceFacts { hardware_id: "".into(), ..facts() }, "facts.hardware_id"),
-            (proto::DeviceFacts { owner_email: "nobody".into(), ..facts() }, "facts.owner_email"),
-            (proto::DeviceFacts { os: "x".repeat(MAX_FIELD_LEN + 1), ..facts() }, "facts.os"),
-            (proto::DeviceFacts { agent_version: "1\n2".into(), ..facts() }, "facts.agent_version"),
+            (
+                proto::DeviceFacts {
+                    hostname: " ".into(),
+                    ..facts()
+                },
+                "facts.hostname",
+            ),
+            (
+                proto::DeviceFacts {
+                    hardware_id: "".into(),
+                    ..facts()
+                },
+                "facts.hardware_id",
+            ),
+            (
+                proto::DeviceFacts {
+                    owner_email: "nobody".into(),
+                    ..facts()
+                },
+                "facts.owner_email",
+            ),
+            (
+                proto::DeviceFacts {
+                    os: "x".repeat(MAX_FIELD_LEN + 1),
+                    ..facts()
+                },
+                "facts.os",
+            ),
+            (
+                proto::DeviceFacts {
+                    agent_version: "1\n2".into(),
+                    ..facts()
+                },
+                "facts.agent_version",
+            ),
         ];
         for (input, field) in cases {
             let e = DeviceFacts::try_from(input).unwrap_err();
@@ -201,16 +272,27 @@ mod tests {
     }
 
     fn record(ev: &AuditEvent) -> proto::AuditRecord {
-        proto::AuditRecord { id: ev.id.to_string(), json: serde_json::to_vec(ev).unwrap() }
+        proto::AuditRecord {
+            id: ev.id.to_string(),
+            json: serde_json::to_vec(ev).unwrap(),
+        }
     }
 
     fn ev() -> AuditEvent {
         let mut e = AuditEvent::new(
             EventKind::Interaction,
-            DeviceRef { id: "other-device".into(), hostname: "h".into(), os: "linux".into() },
+            DeviceRef {
+                id: "other-device".into(),
+                hostname: "h".into(),
+                os: "linux".into(),
+            },
             UserRef::default(),
         );
-        e.interaction = Some(Interaction { provider: "openai".into(), model: Some("gpt-4o".into()), ..Default::default() });
+        e.interaction = Some(Interaction {
+            provider: "openai".into(),
+            model: Some("gpt-4o".into()),
+            ..Default::default()
+        });
         e
     }
 
@@ -232,7 +314,10 @@ mod tests {
         let e = ev();
         let mut v = serde_json::to_value(&e).unwrap();
         v["future_field"] = serde_json::json!({"x": 1});
-        let r = proto::AuditRecord { id: e.id.to_string(), json: serde_json::to_vec(&v).unwrap() };
+        let r = proto::AuditRecord {
+            id: e.id.to_string(),
+            json: serde_json::to_vec(&v).unwrap(),
+        };
         let (row, _) = IncomingEvent::try_from(r).unwrap().into_new_event("d");
         let stored: serde_json::Value = serde_json::from_str(&row.json).unwrap();
         assert_eq!(stored["future_field"]["x"], 1);
@@ -242,21 +327,51 @@ mod tests {
     #[test]
     fn non_object_json_is_rejected() {
         let e = ev();
-        let r = proto::AuditRecord { id: e.id.to_string(), json: b"[1,2]".to_vec() };
-        assert!(matches!(IncomingEvent::try_from(r), Err(RecordProblem::BadJson(_))));
+        let r = proto::AuditRecord {
+            id: e.id.to_string(),
+            json: b"[1,2]".to_vec(),
+        };
+        assert!(matches!(
+            IncomingEvent::try_from(r),
+            Err(RecordProblem::BadJson(_))
+        ));
     }
 
     #[test]
     fn bad_records_are_rejected_with_reasons() {
         let e = ev();
-        let bad_id = proto::AuditRecord { id: "nope".into(), ..record(&e) };
-        assert!(matches!(IncomingEvent::try_from(bad_id), Err(RecordProblem::BadId(_))));
-        let v4 = proto::AuditRecord { id: "8f2e5c1e-4b7a-4c7e-9d1a-2b3c4d5e6f70".into(), ..record(&e) };
-        assert!(matches!(IncomingEvent::try_from(v4), Err(RecordProblem::NotV7(_))));
-        let bad_json = proto::AuditRecord { json: b"{not json".to_vec(), ..record(&e) };
-        assert!(matches!(IncomingEvent::try_from(bad_json), Err(RecordProblem::BadJson(_))));
-        let other = proto::AuditRecord { id: Uuid::now_v7().to_string(), ..record(&e) };
-        assert!(matches!(IncomingEvent::try_from(other), Err(RecordProblem::IdMismatch { .. })));
+        let bad_id = proto::AuditRecord {
+            id: "nope".into(),
+            ..record(&e)
+        };
+        assert!(matches!(
+            IncomingEvent::try_from(bad_id),
+            Err(RecordProblem::BadId(_))
+        ));
+        let v4 = proto::AuditRecord {
+            id: "8f2e5c1e-4b7a-4c7e-9d1a-2b3c4d5e6f70".into(),
+            ..record(&e)
+        };
+        assert!(matches!(
+            IncomingEvent::try_from(v4),
+            Err(RecordProblem::NotV7(_))
+        ));
+        let bad_json = proto::AuditRecord {
+            json: b"{not json".to_vec(),
+            ..record(&e)
+        };
+        assert!(matches!(
+            IncomingEvent::try_from(bad_json),
+            Err(RecordProblem::BadJson(_))
+        ));
+        let other = proto::AuditRecord {
+            id: Uuid::now_v7().to_string(),
+            ..record(&e)
+        };
+        assert!(matches!(
+            IncomingEvent::try_from(other),
+            Err(RecordProblem::IdMismatch { .. })
+        ));
     }
 
     #[test]
@@ -269,13 +384,41 @@ mod tests {
         };
         let r = InventoryRecord::try_from(ok.clone()).unwrap();
         assert_eq!(r.details, r#"{"command":"npx"}"#);
-        let empty = InventoryRecord::try_from(proto::InventoryItem { details_json: vec![], ..ok.clone() }).unwrap();
+        let empty = InventoryRecord::try_from(proto::InventoryItem {
+            details_json: vec![],
+            ..ok.clone()
+        })
+        .unwrap();
         assert_eq!(empty.details, "{}");
         for (bad, field) in [
-            (proto::InventoryItem { kind: "MCP Server".into(), ..ok.clone() }, "kind"),
-            (proto::InventoryItem { id: "".into(), ..ok.clone() }, "id"),
-            (proto::InventoryItem { details_json: b"[1]".to_vec(), ..ok.clone() }, "details_json"),
-            (proto::InventoryItem { details_json: b"{".to_vec(), ..ok.clone() }, "details_json"),
+            (
+                proto::InventoryItem {
+                    kind: "MCP Server".into(),
+                    ..ok.clone()
+                },
+                "kind",
+            ),
+            (
+                proto::InventoryItem {
+                    id: "".into(),
+                    ..ok.clone()
+                },
+                "id",
+            ),
+            (
+                proto::InventoryItem {
+                    details_json: b"[1]".to_vec(),
+                    ..ok.clone()
+                },
+                "details_json",
+            ),
+            (
+                proto::InventoryItem {
+                    details_json: b"{".to_vec(),
+                    ..ok.clone()
+                },
+                "details_json",
+            ),
         ] {
             assert_eq!(InventoryRecord::try_from(bad).unwrap_err().field, field);
         }

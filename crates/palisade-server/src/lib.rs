@@ -20,7 +20,10 @@ pub use pki::ServerPki;
 pub use store::{Store, StoreError};
 pub use tokens::{create_admin_token, create_enrollment_token, RawToken};
 
-use grpc::{audit::AuditService, enroll::EnrollmentService, inventory::InventoryService, policy::PolicyService};
+use grpc::{
+    audit::AuditService, enroll::EnrollmentService, inventory::InventoryService,
+    policy::PolicyService,
+};
 use palisade_proto as proto;
 use std::future::Future;
 use std::sync::Arc;
@@ -52,7 +55,10 @@ pub enum ServerError {
 
 /// Create the bootstrap admin token for the store `cfg` names, returning the
 /// raw token (show it once; only its hash is kept).
-pub async fn bootstrap_admin_token(cfg: &ServerConfig, name: &str) -> Result<RawToken, ServerError> {
+pub async fn bootstrap_admin_token(
+    cfg: &ServerConfig,
+    name: &str,
+) -> Result<RawToken, ServerError> {
     cfg.validate()?;
     let store = Store::open(cfg).await?;
     let token = create_admin_token(&store, name).await?;
@@ -77,9 +83,10 @@ pub async fn run(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let follow = tokio::spawn(
-        bus.clone().follow(Duration::from_millis(cfg.limits.policy_poll_ms), shutdown_rx.clone()),
-    );
+    let follow = tokio::spawn(bus.clone().follow(
+        Duration::from_millis(cfg.limits.policy_poll_ms),
+        shutdown_rx.clone(),
+    ));
 
     let state = Arc::new(grpc::GrpcState {
         store: store.clone(),
@@ -103,36 +110,49 @@ pub async fn run(
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
         .tcp_keepalive(Some(GRPC_KEEPALIVE))
         .add_service(
-            proto::enrollment_server::EnrollmentServer::new(EnrollmentService { state: state.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            proto::enrollment_server::EnrollmentServer::new(EnrollmentService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
-            proto::policy_service_server::PolicyServiceServer::new(PolicyService { state: state.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            proto::policy_service_server::PolicyServiceServer::new(PolicyService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
-            proto::audit_service_server::AuditServiceServer::new(AuditService { state: state.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            proto::audit_service_server::AuditServiceServer::new(AuditService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
-            proto::inventory_service_server::InventoryServiceServer::new(InventoryService { state })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            proto::inventory_service_server::InventoryServiceServer::new(InventoryService {
+                state,
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener),
             grpc::wait_shutdown(shutdown_rx.clone()),
         );
 
-    let admin_state = Arc::new(admin::AdminState { store: store.clone(), bus, limits: cfg.limits.clone() });
+    let admin_state = Arc::new(admin::AdminState {
+        store: store.clone(),
+        bus,
+        limits: cfg.limits.clone(),
+    });
     let admin = axum::serve(admin_listener, admin::router(admin_state))
         .with_graceful_shutdown(grpc::wait_shutdown(shutdown_rx.clone()));
 
     info!(%grpc_addr, %admin_addr, store = store.backend_name(), "Control plane running");
-    let (grpc_res, admin_res) = tokio::join!(grpc, async { admin.await.map_err(ServerError::Admin) });
+    let (grpc_res, admin_res) =
+        tokio::join!(grpc, async { admin.await.map_err(ServerError::Admin) });
     follow.abort();
     store.close().await;
     if let Err(error) = &grpc_res {

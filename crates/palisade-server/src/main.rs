@@ -20,9 +20,13 @@ struct Args {
 
 fn load(args: &Args) -> Result<ServerConfig, String> {
     match &args.config {
-        None => ServerConfig::default().validate().map(|_| ServerConfig::default()).map_err(|e| e.to_string()),
+        None => ServerConfig::default()
+            .validate()
+            .map(|_| ServerConfig::default())
+            .map_err(|e| e.to_string()),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             ServerConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
         }
     }
@@ -48,8 +52,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", token.expose());
         return Ok(());
     }
-    let grpc = TcpListener::bind(&cfg.grpc_listen).await.with_context(|| format!("bind {}", cfg.grpc_listen))?;
-    let admin = TcpListener::bind(&cfg.admin_listen).await.with_context(|| format!("bind {}", cfg.admin_listen))?;
+    let grpc = TcpListener::bind(&cfg.grpc_listen)
+        .await
+        .with_context(|| format!("bind {}", cfg.grpc_listen))?;
+    let admin = TcpListener::bind(&cfg.admin_listen)
+        .await
+        .with_context(|| format!("bind {}", cfg.admin_listen))?;
     run(cfg, grpc, admin, shutdown_signal()).await?;
     Ok(())
 }

@@ -11,8 +11,8 @@
 use crate::config::ServerConfig;
 use palisade_proto::DEVICE_URI_SAN_PREFIX;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -28,9 +28,16 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("could not read or write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} does not hold a usable {what}: {source}")]
-    BadMaterial { path: String, what: &'static str, source: rcgen::Error },
+    BadMaterial {
+        path: String,
+        what: &'static str,
+        source: rcgen::Error,
+    },
     #[error("certificate signing request is not valid: {0}")]
     BadCsr(rcgen::Error),
     #[error("could not issue certificate: {0}")]
@@ -75,7 +82,10 @@ impl ServerPki {
             (cert, key)
         } else {
             let key = KeyPair::generate().map_err(PkiError::Issue)?;
-            let cert = ca_params().self_signed(&key).map_err(PkiError::Issue)?.pem();
+            let cert = ca_params()
+                .self_signed(&key)
+                .map_err(PkiError::Issue)?
+                .pem();
             write_secret(&ca_key_path, &key.serialize_pem())?;
             write_public(&ca_cert_path, &cert)?;
             info!(path = %ca_cert_path.display(), "Created server CA");
@@ -88,7 +98,8 @@ impl ServerPki {
         let operator_provided = cfg.tls.server_cert.is_some();
         let existing = if srv_cert_path.exists() || srv_key_path.exists() {
             let key_pem = read(&srv_key_path)?;
-            KeyPair::from_pem(&key_pem).map_err(|source| bad(&srv_key_path, "server private key", source))?;
+            KeyPair::from_pem(&key_pem)
+                .map_err(|source| bad(&srv_key_path, "server private key", source))?;
             let cert_pem = read(&srv_cert_path)?;
             match server_cert_problem(&cert_pem, &cfg.hostnames) {
                 None => Some((cert_pem, key_pem)),
@@ -108,7 +119,10 @@ impl ServerPki {
             Some(pair) => pair,
             None => {
                 let key = KeyPair::generate().map_err(PkiError::Issue)?;
-                let cert = server_params(&cfg.hostnames)?.signed_by(&key, &issuer).map_err(PkiError::Issue)?.pem();
+                let cert = server_params(&cfg.hostnames)?
+                    .signed_by(&key, &issuer)
+                    .map_err(PkiError::Issue)?
+                    .pem();
                 write_secret(&srv_key_path, &key.serialize_pem())?;
                 write_public(&srv_cert_path, &cert)?;
                 info!(path = %srv_cert_path.display(), hostnames = ?cfg.hostnames, "Created server certificate");
@@ -136,7 +150,8 @@ impl ServerPki {
     /// Sign a device certificate for `device_id` with the CSR's public key.
     /// Subject, SANs, usages and validity are the server's, never the CSR's.
     pub fn sign_device_csr(&self, csr_pem: &str, device_id: &str) -> Result<IssuedCert, PkiError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let now = SystemTime::now();
         let not_after = now + self.device_cert_validity;
         let mut p = CertificateParams::default();
@@ -145,7 +160,9 @@ impl ServerPki {
         dn.push(DnType::CommonName, device_id);
         p.distinguished_name = dn;
         p.subject_alt_names = vec![SanType::URI(
-            format!("{DEVICE_URI_SAN_PREFIX}{device_id}").try_into().map_err(PkiError::Issue)?,
+            format!("{DEVICE_URI_SAN_PREFIX}{device_id}")
+                .try_into()
+                .map_err(PkiError::Issue)?,
         )];
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -158,7 +175,12 @@ impl ServerPki {
         let cert = csr.signed_by(&self.issuer).map_err(PkiError::Issue)?;
         let der = cert.der();
         let serial = parse_serial(der)?;
-        Ok(IssuedCert { pem: cert.pem(), fingerprint: fingerprint(der), serial, not_after })
+        Ok(IssuedCert {
+            pem: cert.pem(),
+            fingerprint: fingerprint(der),
+            serial,
+            not_after,
+        })
     }
 }
 
@@ -180,8 +202,8 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// The device id a client certificate was issued for.
 pub fn device_id_from_cert(der: &[u8]) -> Result<String, PkiError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| PkiError::BadCertificate(e.to_string()))?
@@ -199,8 +221,8 @@ pub fn device_id_from_cert(der: &[u8]) -> Result<String, PkiError> {
 }
 
 fn parse_serial(der: &[u8]) -> Result<String, PkiError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
     Ok(hex::encode(cert.raw_serial()))
 }
 
@@ -217,7 +239,11 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, "Palisade Control Plane CA");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = SystemTime::now();
     p.not_before = (now - BACKDATE).into();
     p.not_after = (now + CA_VALIDITY).into();
@@ -231,7 +257,10 @@ fn server_params(hostnames: &[String]) -> Result<CertificateParams, PkiError> {
     let mut p = CertificateParams::new(names).map_err(PkiError::Issue)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Palisade");
-    dn.push(DnType::CommonName, hostnames.first().map(String::as_str).unwrap_or("localhost"));
+    dn.push(
+        DnType::CommonName,
+        hostnames.first().map(String::as_str).unwrap_or("localhost"),
+    );
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -268,7 +297,9 @@ fn server_cert_problem(cert_pem: &str, hostnames: &[String]) -> Option<String> {
                 .general_names
                 .iter()
                 .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
                     _ => None,
                 })
                 .collect()
@@ -282,11 +313,18 @@ fn server_cert_problem(cert_pem: &str, hostnames: &[String]) -> Option<String> {
 }
 
 fn bad(path: &Path, what: &'static str, source: rcgen::Error) -> PkiError {
-    PkiError::BadMaterial { path: path.display().to_string(), what, source }
+    PkiError::BadMaterial {
+        path: path.display().to_string(),
+        what,
+        source,
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.display().to_string(), source }
+    move |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -335,7 +373,9 @@ mod tests {
     fn csr() -> String {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["evil.example.com".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "someone-else");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "someone-else");
         params.serialize_request(&key).unwrap().pem().unwrap()
     }
 
@@ -350,7 +390,10 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             for f in ["ca.key", "server.key"] {
-                let mode = std::fs::metadata(dir.path().join("tls").join(f)).unwrap().permissions().mode();
+                let mode = std::fs::metadata(dir.path().join("tls").join(f))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{f}");
             }
         }
@@ -362,13 +405,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = pki(dir.path());
         let issued = p.sign_device_csr(&csr(), "dev-123").unwrap();
-        let der = rustls_pemfile::certs(&mut issued.pem.as_bytes()).next().unwrap().unwrap();
+        let der = rustls_pemfile::certs(&mut issued.pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
         assert_eq!(device_id_from_cert(&der).unwrap(), "dev-123");
         assert_eq!(issued.fingerprint, fingerprint(&der));
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let subject = cert.subject().to_string();
-        assert!(subject.contains("dev-123") && !subject.contains("someone-else"), "{subject}");
-        let san = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value);
+        assert!(
+            subject.contains("dev-123") && !subject.contains("someone-else"),
+            "{subject}"
+        );
+        let san = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
         assert!(!san.contains("evil.example.com"), "{san}");
     }
 
@@ -376,8 +428,15 @@ mod tests {
     fn garbage_csr_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = pki(dir.path());
-        for bad in ["", "not pem", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"] {
-            assert!(matches!(p.sign_device_csr(bad, "d"), Err(PkiError::BadCsr(_))), "{bad:?}");
+        for bad in [
+            "",
+            "not pem",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        ] {
+            assert!(
+                matches!(p.sign_device_csr(bad, "d"), Err(PkiError::BadCsr(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -385,9 +444,18 @@ mod tests {
     fn server_cert_is_not_a_device_cert() {
         let dir = tempfile::tempdir().unwrap();
         let p = pki(dir.path());
-        let der = rustls_pemfile::certs(&mut p.server_identity_pem().0.as_bytes()).next().unwrap().unwrap();
-        assert!(matches!(device_id_from_cert(&der), Err(PkiError::NoDeviceId)));
-        assert!(matches!(device_id_from_cert(b"junk"), Err(PkiError::BadCertificate(_))));
+        let der = rustls_pemfile::certs(&mut p.server_identity_pem().0.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            device_id_from_cert(&der),
+            Err(PkiError::NoDeviceId)
+        ));
+        assert!(matches!(
+            device_id_from_cert(b"junk"),
+            Err(PkiError::BadCertificate(_))
+        ));
     }
 
     #[test]
@@ -399,8 +467,15 @@ mod tests {
         let b = ServerPki::load_or_create(&cfg).unwrap();
         assert_eq!(a.ca_cert_pem(), b.ca_cert_pem());
         assert_ne!(a.server_identity_pem().0, b.server_identity_pem().0);
-        assert_eq!(server_cert_problem(b.server_identity_pem().0, &cfg.hostnames), None);
-        assert!(server_cert_problem(a.server_identity_pem().0, &cfg.hostnames).unwrap().contains("palisade.example.com"));
+        assert_eq!(
+            server_cert_problem(b.server_identity_pem().0, &cfg.hostnames),
+            None
+        );
+        assert!(
+            server_cert_problem(a.server_identity_pem().0, &cfg.hostnames)
+                .unwrap()
+                .contains("palisade.example.com")
+        );
         // Stable once it covers them.
         let c = ServerPki::load_or_create(&cfg).unwrap();
         assert_eq!(b.server_identity_pem(), c.server_identity_pem());
@@ -413,6 +488,15 @@ mod tests {
         pki(dir.path());
         std::fs::write(dir.path().join("tls/ca.key"), "garbage").unwrap();
         let e = ServerPki::load_or_create(&ServerConfig::for_data_dir(dir.path())).unwrap_err();
-        assert!(matches!(e, PkiError::BadMaterial { what: "CA private key", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                PkiError::BadMaterial {
+                    what: "CA private key",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

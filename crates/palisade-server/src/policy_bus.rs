@@ -36,7 +36,10 @@ impl PolicyBus {
     pub async fn load(store: Store) -> Result<Self, PolicyBusError> {
         let current = encode(store.latest_policy().await?)?;
         let (tx, _) = watch::channel(Arc::new(current));
-        Ok(Self { store, tx: Arc::new(tx) })
+        Ok(Self {
+            store,
+            tx: Arc::new(tx),
+        })
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<proto::PolicyUpdate>> {
@@ -112,13 +115,21 @@ pub fn encode(stored: Option<StoredPolicy>) -> Result<proto::PolicyUpdate, Polic
     let (mut policy, version, created_at_unix_ms) = match stored {
         None => (Policy::default(), 0, 0),
         Some(s) => {
-            let p = Policy::from_json(&s.document)
-                .map_err(|e| PolicyBusError::Stored { version: s.version, error: e.to_string() })?;
+            let p = Policy::from_json(&s.document).map_err(|e| PolicyBusError::Stored {
+                version: s.version,
+                error: e.to_string(),
+            })?;
             (p, s.version, s.created_at.timestamp_millis())
         }
     };
     policy.version = version;
-    let document_json = serde_json::to_vec(&policy)
-        .map_err(|e| PolicyBusError::Stored { version, error: e.to_string() })?;
-    Ok(proto::PolicyUpdate { version, document_json, created_at_unix_ms })
+    let document_json = serde_json::to_vec(&policy).map_err(|e| PolicyBusError::Stored {
+        version,
+        error: e.to_string(),
+    })?;
+    Ok(proto::PolicyUpdate {
+        version,
+        document_json,
+        created_at_unix_ms,
+    })
 }

@@ -33,7 +33,10 @@ pub fn hash_token(raw: &str) -> String {
 
 fn generate(prefix: &str) -> RawToken {
     let bytes: [u8; 32] = rand::random();
-    RawToken(format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+    RawToken(format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// A newly created enrollment token.
@@ -53,14 +56,23 @@ pub async fn create_enrollment_token(
     note: Option<&str>,
 ) -> Result<NewEnrollmentToken, StoreError> {
     let token = generate(ENROLL_PREFIX);
-    let id = store.create_enrollment_token(&hash_token(token.expose()), max_uses, expires_at, note).await?;
-    Ok(NewEnrollmentToken { id, token, max_uses, expires_at })
+    let id = store
+        .create_enrollment_token(&hash_token(token.expose()), max_uses, expires_at, note)
+        .await?;
+    Ok(NewEnrollmentToken {
+        id,
+        token,
+        max_uses,
+        expires_at,
+    })
 }
 
 /// Create an admin API token (e.g. the bootstrap token `palisade up` prints once).
 pub async fn create_admin_token(store: &Store, name: &str) -> Result<RawToken, StoreError> {
     let token = generate(ADMIN_PREFIX);
-    store.create_admin_token(&hash_token(token.expose()), name).await?;
+    store
+        .create_admin_token(&hash_token(token.expose()), name)
+        .await?;
     Ok(token)
 }
 
@@ -82,9 +94,18 @@ mod tests {
     #[tokio::test]
     async fn admin_token_resolves_only_by_its_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("t.db"), 1).await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db"), 1)
+            .await
+            .unwrap();
         let t = create_admin_token(&store, "bootstrap").await.unwrap();
-        assert_eq!(store.admin_token_name(&hash_token(t.expose())).await.unwrap().as_deref(), Some("bootstrap"));
+        assert_eq!(
+            store
+                .admin_token_name(&hash_token(t.expose()))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("bootstrap")
+        );
         assert_eq!(store.admin_token_name(t.expose()).await.unwrap(), None);
     }
 }

@@ -18,14 +18,31 @@ async fn enroll_upload_ack_and_retry_stores_nothing_twice() {
 
     let b1: Vec<_> = (0..50).map(|_| record(&dev.id, "openai")).collect();
     let b2: Vec<_> = (0..30).map(|_| record(&dev.id, "anthropic")).collect();
-    let answers = upload(&mut c.audit, vec![batch(1, b1.clone()), batch(2, b2.clone())]).await.unwrap();
-    assert_eq!(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(acked_ids(&answers[0]), b1.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+    let answers = upload(
+        &mut c.audit,
+        vec![batch(1, b1.clone()), batch(2, b2.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answers.iter().map(|a| a.batch_id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        acked_ids(&answers[0]),
+        b1.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+    );
     assert_eq!(acked_ids(&answers[1]).len(), 30);
 
     // The ack for batch 1 was "lost": the agent sends it again on a new stream.
-    let again = upload(&mut c.audit, vec![batch(3, b1.clone())]).await.unwrap();
-    assert_eq!(acked_ids(&again[0]).len(), 50, "a re-sent event is acknowledged again");
+    let again = upload(&mut c.audit, vec![batch(3, b1.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        acked_ids(&again[0]).len(),
+        50,
+        "a re-sent event is acknowledged again"
+    );
 
     let stored = srv.events("limit=1000").await;
     assert_eq!(stored.len(), 80, "nothing stored twice");
@@ -41,13 +58,22 @@ async fn device_id_in_payload_is_ignored() {
     let attacker = srv.enroll_new("hw-attacker").await;
     let mut c = srv.clients(&attacker).await;
     let spoofed = record(&victim.id, "openai");
-    let answers = upload(&mut c.audit, vec![batch(1, vec![spoofed.clone()])]).await.unwrap();
+    let answers = upload(&mut c.audit, vec![batch(1, vec![spoofed.clone()])])
+        .await
+        .unwrap();
     assert_eq!(acked_ids(&answers[0]), vec![spoofed.id.clone()]);
 
-    assert!(srv.events(&format!("device={}", victim.id)).await.is_empty());
+    assert!(srv
+        .events(&format!("device={}", victim.id))
+        .await
+        .is_empty());
     let mine = srv.events(&format!("device={}", attacker.id)).await;
     assert_eq!(mine.len(), 1);
-    assert_eq!(mine[0]["device"]["id"], attacker.id.as_str(), "stored record carries the certificate's id");
+    assert_eq!(
+        mine[0]["device"]["id"],
+        attacker.id.as_str(),
+        "stored record carries the certificate's id"
+    );
     srv.stop().await;
 }
 
@@ -57,17 +83,43 @@ async fn malformed_events_are_rejected_not_stored_and_the_rest_acked() {
     let dev = srv.enroll_new("hw-1").await;
     let mut c = srv.clients(&dev).await;
     let good = record(&dev.id, "openai");
-    let bad_json = proto::AuditRecord { id: uuid::Uuid::now_v7().to_string(), json: b"{oops".to_vec() };
-    let bad_id = proto::AuditRecord { id: "42".into(), json: good.json.clone() };
-    let answers = upload(&mut c.audit, vec![batch(9, vec![good.clone(), bad_json.clone(), bad_id, good.clone()])])
-        .await
-        .unwrap();
-    let Some(Answer::Ack(ack)) = &answers[0].result else { panic!("{answers:?}") };
-    assert_eq!(ack.event_ids, vec![good.id.clone()], "duplicate within a batch is acked once");
+    let bad_json = proto::AuditRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        json: b"{oops".to_vec(),
+    };
+    let bad_id = proto::AuditRecord {
+        id: "42".into(),
+        json: good.json.clone(),
+    };
+    let answers = upload(
+        &mut c.audit,
+        vec![batch(
+            9,
+            vec![good.clone(), bad_json.clone(), bad_id, good.clone()],
+        )],
+    )
+    .await
+    .unwrap();
+    let Some(Answer::Ack(ack)) = &answers[0].result else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(
+        ack.event_ids,
+        vec![good.id.clone()],
+        "duplicate within a batch is acked once"
+    );
     assert_eq!(ack.rejected.len(), 2);
     assert_eq!(ack.rejected[0].id, bad_json.id);
-    assert!(ack.rejected[0].reason.contains("json"), "{:?}", ack.rejected);
-    assert!(ack.rejected[1].reason.contains("not a UUID"), "{:?}", ack.rejected);
+    assert!(
+        ack.rejected[0].reason.contains("json"),
+        "{:?}",
+        ack.rejected
+    );
+    assert!(
+        ack.rejected[1].reason.contains("not a UUID"),
+        "{:?}",
+        ack.rejected
+    );
     assert_eq!(srv.events("").await.len(), 1);
     srv.stop().await;
 }
@@ -79,7 +131,9 @@ async fn too_many_events_in_a_batch_is_a_clear_non_retryable_error() {
     let mut c = srv.clients(&dev).await;
     let events: Vec<_> = (0..6).map(|_| record(&dev.id, "openai")).collect();
     let answers = upload(&mut c.audit, vec![batch(1, events)]).await.unwrap();
-    let Some(Answer::Error(e)) = &answers[0].result else { panic!("{answers:?}") };
+    let Some(Answer::Error(e)) = &answers[0].result else {
+        panic!("{answers:?}")
+    };
     assert!(!e.retryable);
     assert!(e.message.contains("at most 5"), "{}", e.message);
     assert!(srv.events("").await.is_empty());
@@ -91,23 +145,47 @@ async fn revoked_device_is_refused_on_its_next_call() {
     let srv = TestServer::start().await;
     let dev = srv.enroll_new("hw-1").await;
     let mut c = srv.clients(&dev).await;
-    c.policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap();
+    c.policy
+        .report_applied(proto::ReportAppliedRequest { version: 0 })
+        .await
+        .unwrap();
 
-    let (s, v) = srv.admin(Method::POST, &format!("/api/v1/devices/{}/revoke", dev.id), None).await;
+    let (s, v) = srv
+        .admin(
+            Method::POST,
+            &format!("/api/v1/devices/{}/revoke", dev.id),
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["revoked"], true);
 
-    let e = c.policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap_err();
+    let e = c
+        .policy
+        .report_applied(proto::ReportAppliedRequest { version: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("revoked"), "{e}");
-    let e = upload(&mut c.audit, vec![batch(1, vec![record(&dev.id, "openai")])]).await.unwrap_err();
+    let e = upload(
+        &mut c.audit,
+        vec![batch(1, vec![record(&dev.id, "openai")])],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-    let e = c.policy.watch_policy(proto::WatchPolicyRequest::default()).await.unwrap_err();
+    let e = c
+        .policy
+        .watch_policy(proto::WatchPolicyRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
     let (_, list) = srv.admin(Method::GET, "/api/v1/devices", None).await;
     assert_eq!(list["devices"][0]["revoked"], true, "{list}");
-    let (s, _) = srv.admin(Method::POST, "/api/v1/devices/nope/revoke", None).await;
+    let (s, _) = srv
+        .admin(Method::POST, "/api/v1/devices/nope/revoke", None)
+        .await;
     assert_eq!(s, 404);
     srv.stop().await;
 }
@@ -118,12 +196,28 @@ async fn revocation_stops_an_open_upload_stream_at_the_next_batch() {
     let dev = srv.enroll_new("hw-1").await;
     let mut c = srv.clients(&dev).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut answers =
-        c.audit.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    tx.send(batch(1, vec![record(&dev.id, "openai")])).await.unwrap();
-    assert_eq!(acked_ids(&answers.message().await.unwrap().unwrap()).len(), 1);
-    srv.admin(Method::POST, &format!("/api/v1/devices/{}/revoke", dev.id), None).await;
-    tx.send(batch(2, vec![record(&dev.id, "openai")])).await.unwrap();
+    let mut answers = c
+        .audit
+        .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(batch(1, vec![record(&dev.id, "openai")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        acked_ids(&answers.message().await.unwrap().unwrap()).len(),
+        1
+    );
+    srv.admin(
+        Method::POST,
+        &format!("/api/v1/devices/{}/revoke", dev.id),
+        None,
+    )
+    .await;
+    tx.send(batch(2, vec![record(&dev.id, "openai")]))
+        .await
+        .unwrap();
     let e = answers.message().await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert_eq!(srv.events("").await.len(), 1);
@@ -135,10 +229,23 @@ async fn revocation_ends_an_open_policy_stream() {
     let srv = TestServer::start_with(|c| c.limits.stream_recheck_ms = 100).await;
     let dev = srv.enroll_new("hw-1").await;
     let mut c = srv.clients(&dev).await;
-    let mut watch = c.policy.watch_policy(proto::WatchPolicyRequest::default()).await.unwrap().into_inner();
+    let mut watch = c
+        .policy
+        .watch_policy(proto::WatchPolicyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().version, 0);
-    srv.admin(Method::POST, &format!("/api/v1/devices/{}/revoke", dev.id), None).await;
-    let e = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap_err();
+    srv.admin(
+        Method::POST,
+        &format!("/api/v1/devices/{}/revoke", dev.id),
+        None,
+    )
+    .await;
+    let e = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     srv.stop().await;
 }
@@ -166,11 +273,19 @@ async fn tokens_expire_and_run_out() {
     )
     .await
     .unwrap();
-    let e = srv.enroll(expired.token.expose(), "hw-6").await.err().unwrap();
+    let e = srv
+        .enroll(expired.token.expose(), "hw-6")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("expired"), "{e}");
 
-    let e = srv.enroll("pal_enroll_made_up", "hw-7").await.err().unwrap();
+    let e = srv
+        .enroll("pal_enroll_made_up", "hw-7")
+        .await
+        .err()
+        .unwrap();
     assert!(e.message().contains("unknown token"), "{e}");
     let e = srv.enroll("", "hw-7").await.err().unwrap();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -183,13 +298,21 @@ async fn bad_enrollment_input_is_invalid_argument() {
     let token = srv.new_token(10, 3600).await;
     let mut client = proto::enrollment_client::EnrollmentClient::new(srv.anonymous_channel().await);
     let e = client
-        .enroll(proto::EnrollRequest { token: token.clone(), csr_pem: "garbage".into(), facts: Some(facts("hw")) })
+        .enroll(proto::EnrollRequest {
+            token: token.clone(),
+            csr_pem: "garbage".into(),
+            facts: Some(facts("hw")),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("csr_pem"), "{e}");
     let e = client
-        .enroll(proto::EnrollRequest { token: token.clone(), csr_pem: "x".into(), facts: None })
+        .enroll(proto::EnrollRequest {
+            token: token.clone(),
+            csr_pem: "x".into(),
+            facts: None,
+        })
         .await
         .unwrap_err();
     assert!(e.message().starts_with("facts"), "{e}");
@@ -197,7 +320,10 @@ async fn bad_enrollment_input_is_invalid_argument() {
         .enroll(proto::EnrollRequest {
             token,
             csr_pem: "x".into(),
-            facts: Some(proto::DeviceFacts { hardware_id: "".into(), ..facts("hw") }),
+            facts: Some(proto::DeviceFacts {
+                hardware_id: "".into(),
+                ..facts("hw")
+            }),
         })
         .await
         .unwrap_err();
@@ -213,13 +339,26 @@ async fn reenrolling_the_same_hardware_revokes_the_old_identity() {
     let new = srv.enroll_new("serial-XYZ").await;
     assert_ne!(old.id, new.id);
     let mut old_c = srv.clients(&old).await;
-    let e = old_c.policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap_err();
+    let e = old_c
+        .policy
+        .report_applied(proto::ReportAppliedRequest { version: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     let mut new_c = srv.clients(&new).await;
-    new_c.policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap();
+    new_c
+        .policy
+        .report_applied(proto::ReportAppliedRequest { version: 0 })
+        .await
+        .unwrap();
 
     let (_, v) = srv.admin(Method::GET, "/api/v1/devices", None).await;
-    let live: Vec<_> = v["devices"].as_array().unwrap().iter().filter(|d| d["revoked"] == false).collect();
+    let live: Vec<_> = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["revoked"] == false)
+        .collect();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["id"], new.id.as_str());
     srv.stop().await;
@@ -230,11 +369,17 @@ async fn calls_without_a_client_certificate_are_unauthenticated() {
     let srv = TestServer::start().await;
     let ch = srv.anonymous_channel().await;
     let mut policy = proto::policy_service_client::PolicyServiceClient::new(ch.clone());
-    let e = policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap_err();
+    let e = policy
+        .report_applied(proto::ReportAppliedRequest { version: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("client certificate"), "{e}");
     let mut inv = proto::inventory_service_client::InventoryServiceClient::new(ch);
-    let e = inv.report(proto::InventoryReport::default()).await.unwrap_err();
+    let e = inv
+        .report(proto::InventoryReport::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     srv.stop().await;
 }
@@ -244,12 +389,25 @@ async fn oversize_message_gets_a_clean_error() {
     let srv = TestServer::start_with(|c| c.limits.max_message_bytes = 64 * 1024).await;
     let dev = srv.enroll_new("hw-1").await;
     let mut c = srv.clients(&dev).await;
-    let big = proto::AuditRecord { id: uuid::Uuid::now_v7().to_string(), json: vec![b' '; 100 * 1024] };
-    let e = upload(&mut c.audit, vec![batch(1, vec![big])]).await.unwrap_err();
-    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e}");
+    let big = proto::AuditRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        json: vec![b' '; 100 * 1024],
+    };
+    let e = upload(&mut c.audit, vec![batch(1, vec![big])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e}"
+    );
     assert!(srv.events("").await.is_empty());
     // The server is fine afterwards.
-    let ok = upload(&mut c.audit, vec![batch(2, vec![record(&dev.id, "openai")])]).await.unwrap();
+    let ok = upload(
+        &mut c.audit,
+        vec![batch(2, vec![record(&dev.id, "openai")])],
+    )
+    .await
+    .unwrap();
     assert_eq!(acked_ids(&ok[0]).len(), 1);
     srv.stop().await;
 }
@@ -277,7 +435,11 @@ impl tonic::codec::Codec for RawCodec {
 impl tonic::codec::Encoder for RawEncoder {
     type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
         bytes::BufMut::put_slice(dst, &item);
         Ok(())
     }
@@ -286,7 +448,10 @@ impl tonic::codec::Encoder for RawEncoder {
 impl tonic::codec::Decoder for RawDecoder {
     type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
         let n = bytes::Buf::remaining(src);
         Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
     }
@@ -296,7 +461,11 @@ impl tonic::codec::Decoder for RawDecoder {
 async fn garbage_protobuf_gets_a_clean_grpc_error() {
     let srv = TestServer::start().await;
     let mut grpc = tonic::client::Grpc::new(srv.anonymous_channel().await);
-    for garbage in [vec![0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01], vec![0xff; 32], vec![0x1a, 0x05, 0x0a]] {
+    for garbage in [
+        vec![0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01],
+        vec![0xff; 32],
+        vec![0x1a, 0x05, 0x0a],
+    ] {
         grpc.ready().await.unwrap();
         let e = grpc
             .unary::<Vec<u8>, Vec<u8>, _>(
@@ -320,31 +489,61 @@ async fn policy_update_reaches_a_watcher_and_applied_version_is_recorded() {
     let srv = TestServer::start().await;
     let dev = srv.enroll_new("hw-1").await;
     let mut c = srv.clients(&dev).await;
-    let mut watch = c.policy.watch_policy(proto::WatchPolicyRequest { known_version: 0 }).await.unwrap().into_inner();
+    let mut watch = c
+        .policy
+        .watch_policy(proto::WatchPolicyRequest { known_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.version, 0, "current (default) policy on connect");
     let doc: palisade_core::Policy = serde_json::from_slice(&first.document_json).unwrap();
     assert_eq!(doc, palisade_core::Policy::default());
 
-    let p = palisade_core::Policy { capture: palisade_core::CaptureMode::Metadata, ..Default::default() };
-    let (s, v) = srv.admin(Method::PUT, "/api/v1/policy", Some(serde_json::to_value(&p).unwrap())).await;
+    let p = palisade_core::Policy {
+        capture: palisade_core::CaptureMode::Metadata,
+        ..Default::default()
+    };
+    let (s, v) = srv
+        .admin(
+            Method::PUT,
+            "/api/v1/policy",
+            Some(serde_json::to_value(&p).unwrap()),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["version"], 1);
 
-    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next.version, 1);
     let doc: palisade_core::Policy = serde_json::from_slice(&next.document_json).unwrap();
     assert_eq!(doc.capture, palisade_core::CaptureMode::Metadata);
     assert_eq!(doc.version, 1);
 
-    c.policy.report_applied(proto::ReportAppliedRequest { version: 1 }).await.unwrap();
-    let e = c.policy.report_applied(proto::ReportAppliedRequest { version: 99 }).await.unwrap_err();
+    c.policy
+        .report_applied(proto::ReportAppliedRequest { version: 1 })
+        .await
+        .unwrap();
+    let e = c
+        .policy
+        .report_applied(proto::ReportAppliedRequest { version: 99 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     let (_, v) = srv.admin(Method::GET, "/api/v1/devices", None).await;
     assert_eq!(v["devices"][0]["applied_policy_version"], 1);
 
     // A reconnecting agent gets the newest version first.
-    let mut again = c.policy.watch_policy(proto::WatchPolicyRequest { known_version: 0 }).await.unwrap().into_inner();
+    let mut again = c
+        .policy
+        .watch_policy(proto::WatchPolicyRequest { known_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again.message().await.unwrap().unwrap().version, 1);
     let (_, v) = srv.admin(Method::GET, "/api/v1/policy", None).await;
     assert_eq!(v["version"], 1);
@@ -370,13 +569,24 @@ async fn store_error_yields_an_error_and_no_ack() {
         .unwrap();
 
     let events: Vec<_> = (0..10).map(|_| record(&dev.id, "openai")).collect();
-    let answers = upload(&mut c.audit, vec![batch(1, events.clone())]).await.unwrap();
-    let Some(Answer::Error(e)) = &answers[0].result else { panic!("expected an error, got {answers:?}") };
+    let answers = upload(&mut c.audit, vec![batch(1, events.clone())])
+        .await
+        .unwrap();
+    let Some(Answer::Error(e)) = &answers[0].result else {
+        panic!("expected an error, got {answers:?}")
+    };
     assert!(e.retryable);
     assert!(e.retry_after_ms > 0);
-    assert!(!e.message.contains("disk is full"), "store internals are not leaked: {}", e.message);
+    assert!(
+        !e.message.contains("disk is full"),
+        "store internals are not leaked: {}",
+        e.message
+    );
 
-    sqlx::query("DROP TRIGGER fail_insert").execute(&db).await.unwrap();
+    sqlx::query("DROP TRIGGER fail_insert")
+        .execute(&db)
+        .await
+        .unwrap();
     let answers = upload(&mut c.audit, vec![batch(2, events)]).await.unwrap();
     assert_eq!(acked_ids(&answers[0]).len(), 10);
     assert_eq!(srv.events("").await.len(), 10);
@@ -392,8 +602,18 @@ async fn saturated_ingest_answers_slow_down() {
     // Open both streams (authentication writes last_seen) before locking the database.
     let (tx1, rx1) = tokio::sync::mpsc::channel(1);
     let (tx2, rx2) = tokio::sync::mpsc::channel(1);
-    let mut s1 = c1.audit.upload(tokio_stream::wrappers::ReceiverStream::new(rx1)).await.unwrap().into_inner();
-    let mut s2 = c2.audit.upload(tokio_stream::wrappers::ReceiverStream::new(rx2)).await.unwrap().into_inner();
+    let mut s1 = c1
+        .audit
+        .upload(tokio_stream::wrappers::ReceiverStream::new(rx1))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut s2 = c2
+        .audit
+        .upload(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+        .unwrap()
+        .into_inner();
 
     // Hold SQLite's write lock from outside: whichever batch takes the only
     // ingest permit waits on it, so the other must be told to slow down.
@@ -403,23 +623,39 @@ async fn saturated_ingest_answers_slow_down() {
         .await
         .unwrap();
     let mut lock = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO admin_tokens (id, token_hash, name, created_at) VALUES ('x', 'x', 'x', 0)")
-        .execute(&mut *lock)
+    sqlx::query(
+        "INSERT INTO admin_tokens (id, token_hash, name, created_at) VALUES ('x', 'x', 'x', 0)",
+    )
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+
+    tx1.send(batch(1, vec![record(&dev.id, "openai")]))
         .await
         .unwrap();
-
-    tx1.send(batch(1, vec![record(&dev.id, "openai")])).await.unwrap();
-    tx2.send(batch(2, vec![record(&dev.id, "openai")])).await.unwrap();
+    tx2.send(batch(2, vec![record(&dev.id, "openai")]))
+        .await
+        .unwrap();
     let (first, waiting) = tokio::select! {
         r = s1.message() => (r.unwrap().unwrap(), &mut s2),
         r = s2.message() => (r.unwrap().unwrap(), &mut s1),
     };
-    let Some(Answer::SlowDown(slow)) = &first.result else { panic!("expected SlowDown, got {first:?}") };
+    let Some(Answer::SlowDown(slow)) = &first.result else {
+        panic!("expected SlowDown, got {first:?}")
+    };
     assert!(slow.retry_after_ms >= 1000, "{slow:?}");
     lock.rollback().await.unwrap();
     let acked = waiting.message().await.unwrap().unwrap();
-    assert_eq!(acked_ids(&acked).len(), 1, "the waiting batch commits once the lock is gone");
-    assert_eq!(srv.events("").await.len(), 1, "the slowed-down batch stored nothing");
+    assert_eq!(
+        acked_ids(&acked).len(),
+        1,
+        "the waiting batch commits once the lock is gone"
+    );
+    assert_eq!(
+        srv.events("").await.len(),
+        1,
+        "the slowed-down batch stored nothing"
+    );
     srv.stop().await;
 }
 
@@ -436,15 +672,26 @@ async fn inventory_report_stored_and_bad_items_named() {
     };
     let r = c
         .inventory
-        .report(proto::InventoryReport { items: vec![item.clone()], full_snapshot: true, observed_at_unix_ms: 0 })
+        .report(proto::InventoryReport {
+            items: vec![item.clone()],
+            full_snapshot: true,
+            observed_at_unix_ms: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.accepted, 1);
-    let bad = proto::InventoryItem { details_json: b"[]".to_vec(), ..item.clone() };
+    let bad = proto::InventoryItem {
+        details_json: b"[]".to_vec(),
+        ..item.clone()
+    };
     let e = c
         .inventory
-        .report(proto::InventoryReport { items: vec![item, bad], full_snapshot: true, observed_at_unix_ms: 0 })
+        .report(proto::InventoryReport {
+            items: vec![item, bad],
+            full_snapshot: true,
+            observed_at_unix_ms: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -458,25 +705,52 @@ async fn inventory_report_stored_and_bad_items_named() {
 async fn admin_api_denies_by_default_and_validates_input() {
     let srv = TestServer::start().await;
     let http = srv.http();
-    for path in ["/api/v1/devices", "/api/v1/policy", "/api/v1/events", "/api/v1/nothing"] {
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/policy",
+        "/api/v1/events",
+        "/api/v1/nothing",
+    ] {
         let r = http.get(srv.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path}");
-        let r = http.get(srv.url(path)).bearer_auth("pal_admin_wrong").send().await.unwrap();
+        let r = http
+            .get(srv.url(path))
+            .bearer_auth("pal_admin_wrong")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{path}");
     }
     let (s, _) = srv.admin(Method::GET, "/api/v1/nothing", None).await;
     assert_eq!(s, 404);
-    let (s, v) = srv.admin(Method::PUT, "/api/v1/policy", Some(serde_json::json!({"ai_hostz": []}))).await;
+    let (s, v) = srv
+        .admin(
+            Method::PUT,
+            "/api/v1/policy",
+            Some(serde_json::json!({"ai_hostz": []})),
+        )
+        .await;
     assert_eq!(s, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("ai_hostz"), "{v}");
-    let (s, v) = srv.admin(Method::GET, "/api/v1/events?since=yesterday&limit=0", None).await;
+    let (s, v) = srv
+        .admin(Method::GET, "/api/v1/events?since=yesterday&limit=0", None)
+        .await;
     assert_eq!(s, 400);
     let msg = v["error"].as_str().unwrap();
-    assert!(msg.contains("since") && msg.contains("limit"), "every problem at once: {msg}");
-    let (s, v) = srv.admin(Method::GET, "/api/v1/events?colour=red", None).await;
+    assert!(
+        msg.contains("since") && msg.contains("limit"),
+        "every problem at once: {msg}"
+    );
+    let (s, v) = srv
+        .admin(Method::GET, "/api/v1/events?colour=red", None)
+        .await;
     assert_eq!(s, 400, "{v}");
     let (s, v) = srv
-        .admin(Method::POST, "/api/v1/enrollment-tokens", Some(serde_json::json!({"max_uses": 0, "ttl_seconds": -5})))
+        .admin(
+            Method::POST,
+            "/api/v1/enrollment-tokens",
+            Some(serde_json::json!({"max_uses": 0, "ttl_seconds": -5})),
+        )
         .await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("max_uses"), "{v}");
@@ -511,26 +785,55 @@ async fn postgres_end_to_end_and_policy_across_two_instances() {
     // Enrolled through A, connected to B.
     let dev = a.enroll_new("hw-pg").await;
     let mut cb = b.clients(&dev).await;
-    let mut watch = cb.policy.watch_policy(proto::WatchPolicyRequest::default()).await.unwrap().into_inner();
+    let mut watch = cb
+        .policy
+        .watch_policy(proto::WatchPolicyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().version, 0);
 
-    let (s, v) = a.admin(Method::PUT, "/api/v1/policy", Some(serde_json::to_value(palisade_core::Policy::default()).unwrap())).await;
+    let (s, v) = a
+        .admin(
+            Method::PUT,
+            "/api/v1/policy",
+            Some(serde_json::to_value(palisade_core::Policy::default()).unwrap()),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
-    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
-    assert_eq!(next.version, 1, "a change made through A reaches a watcher on B");
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.version, 1,
+        "a change made through A reaches a watcher on B"
+    );
 
     // Upload through B, retry, read through A.
     let events: Vec<_> = (0..20).map(|_| record("spoof", "openai")).collect();
-    upload(&mut cb.audit, vec![batch(1, events.clone())]).await.unwrap();
+    upload(&mut cb.audit, vec![batch(1, events.clone())])
+        .await
+        .unwrap();
     upload(&mut cb.audit, vec![batch(2, events)]).await.unwrap();
     let stored = a.events("").await;
     assert_eq!(stored.len(), 20);
     assert!(stored.iter().all(|e| e["device"]["id"] == dev.id.as_str()));
 
     // Revoked through B, refused through A.
-    b.admin(Method::POST, &format!("/api/v1/devices/{}/revoke", dev.id), None).await;
+    b.admin(
+        Method::POST,
+        &format!("/api/v1/devices/{}/revoke", dev.id),
+        None,
+    )
+    .await;
     let mut ca = a.clients(&dev).await;
-    let e = ca.policy.report_applied(proto::ReportAppliedRequest { version: 1 }).await.unwrap_err();
+    let e = ca
+        .policy
+        .report_applied(proto::ReportAppliedRequest { version: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     a.stop().await;
     b.stop().await;
@@ -545,14 +848,22 @@ fn forged_cert(
 ) -> Device {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name.push(rcgen::DnType::CommonName, device_id);
-    p.subject_alt_names =
-        vec![rcgen::SanType::URI(format!("urn:palisade:device:{device_id}").try_into().unwrap())];
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, device_id);
+    p.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("urn:palisade:device:{device_id}")
+            .try_into()
+            .unwrap(),
+    )];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     p.not_before = from.into();
     p.not_after = to.into();
     let cert = p.signed_by(&key, issuer).unwrap();
-    Device { id: device_id.into(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    Device {
+        id: device_id.into(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
 #[tokio::test]
@@ -563,7 +874,8 @@ async fn expired_and_foreign_certificates_are_refused() {
     let day = Duration::from_secs(86_400);
 
     // Signed by the real CA, right device id, but expired.
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(srv.cfg.ca_key_path()).unwrap()).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(srv.cfg.ca_key_path()).unwrap()).unwrap();
     let real_ca = rcgen::Issuer::from_ca_cert_pem(&srv.ca_pem, ca_key).unwrap();
     let expired = forged_cert(&real_ca, &dev.id, now - 10 * day, now - day);
 
@@ -578,15 +890,23 @@ async fn expired_and_foreign_certificates_are_refused() {
     // Signed by the real CA for the right id, valid, but not the certificate on record.
     let other = forged_cert(&real_ca, &dev.id, now - day, now + day);
 
-    for (what, cert) in [("expired", &expired), ("foreign CA", &foreign), ("not on record", &other)] {
+    for (what, cert) in [
+        ("expired", &expired),
+        ("foreign CA", &foreign),
+        ("not on record", &other),
+    ] {
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&srv.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &cert.cert_pem,
+                &cert.key_pem,
+            ))
             .domain_name("localhost");
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", srv.grpc_addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap();
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", srv.grpc_addr))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap();
         // TLS 1.3 reports a rejected client certificate on first use, not at connect.
         let result = match endpoint.connect().await {
             Err(e) => Err(e.to_string()),
@@ -603,6 +923,9 @@ async fn expired_and_foreign_certificates_are_refused() {
     }
     // The genuine certificate still works.
     let mut c = srv.clients(&dev).await;
-    c.policy.report_applied(proto::ReportAppliedRequest { version: 0 }).await.unwrap();
+    c.policy
+        .report_applied(proto::ReportAppliedRequest { version: 0 })
+        .await
+        .unwrap();
     srv.stop().await;
 }

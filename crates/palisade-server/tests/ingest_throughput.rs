@@ -16,7 +16,10 @@ use std::time::Instant;
 use support::*;
 
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A ~2 KB interaction record.
@@ -47,7 +50,10 @@ async fn measure(srv: &TestServer, label: &str) {
             .collect();
         clients.push((c, batches));
     }
-    let sent: usize = clients.iter().map(|(_, b)| b.iter().map(|x| x.events.len()).sum::<usize>()).sum();
+    let sent: usize = clients
+        .iter()
+        .map(|(_, b)| b.iter().map(|x| x.events.len()).sum::<usize>())
+        .sum();
     let bytes: usize = clients
         .iter()
         .flat_map(|(_, b)| b.iter())
@@ -60,8 +66,12 @@ async fn measure(srv: &TestServer, label: &str) {
     for (mut c, batches) in clients {
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(inflight);
-            let mut answers =
-                c.audit.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let mut answers = c
+                .audit
+                .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
             let n = batches.len();
             let sender = tokio::spawn(async move {
                 for b in batches {
@@ -159,17 +169,24 @@ async fn measure_store(store: &palisade_server::Store, label: &str) {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("{label} (store only, 4 writers): {total} events in {secs:.2}s = {:.0} events/s", total as f64 / secs);
+    println!(
+        "{label} (store only, 4 writers): {total} events in {secs:.2}s = {:.0} events/s",
+        total as f64 / secs
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "measurement; run explicitly in release"]
 async fn store_throughput() {
     let dir = tempfile::tempdir().unwrap();
-    let s = palisade_server::Store::open_sqlite(&dir.path().join("x.db"), 8).await.unwrap();
+    let s = palisade_server::Store::open_sqlite(&dir.path().join("x.db"), 8)
+        .await
+        .unwrap();
     measure_store(&s, "sqlite").await;
     if let Some(url) = postgres_url() {
-        let s = palisade_server::Store::open_postgres(&url, Some(&fresh_schema()), 8).await.unwrap();
+        let s = palisade_server::Store::open_postgres(&url, Some(&fresh_schema()), 8)
+            .await
+            .unwrap();
         measure_store(&s, "postgres").await;
     }
 }

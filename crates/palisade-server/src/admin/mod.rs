@@ -61,7 +61,10 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -81,7 +84,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn require_token(State(state): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -107,8 +114,12 @@ async fn require_token(State(state): State<Arc<AdminState>>, mut req: Request, n
 
 async fn get_policy(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
     let current = s.bus.current();
-    let document: Value = serde_json::from_slice(&current.document_json)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stored policy: {e}")))?;
+    let document: Value = serde_json::from_slice(&current.document_json).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored policy: {e}"),
+        )
+    })?;
     let author = s.store.latest_policy().await?.map(|p| p.author);
     Ok(Json(json!({
         "version": current.version,
@@ -123,7 +134,8 @@ async fn put_policy(
     Extension(actor): Extension<Actor>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let policy = Policy::from_json(&body).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let policy = Policy::from_json(&body)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let doc = serde_json::to_string(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let version = s.store.insert_policy(&doc, &actor.0).await?;
     info!(version, author = %actor.0, "Policy published");
@@ -153,7 +165,9 @@ fn device_json(d: &DeviceRecord) -> Value {
 
 async fn list_devices(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
     let devices = s.store.list_devices().await?;
-    Ok(Json(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() }),
+    ))
 }
 
 async fn revoke_device(
@@ -165,9 +179,16 @@ async fn revoke_device(
     if s.store.revoke_device(&id, &reason).await? {
         info!(device_id = %id, actor = %actor.0, "Device revoked");
     } else if s.store.get_device(&id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no device {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no device {id}"),
+        ));
     }
-    let d = s.store.get_device(&id).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "gone"))?;
+    let d = s
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "gone"))?;
     Ok(Json(device_json(&d)))
 }
 
@@ -194,20 +215,28 @@ async fn new_enrollment_token(
     Extension(actor): Extension<Actor>,
     body: String,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = if body.trim().is_empty() { "{}" } else { body.as_str() };
-    let req: NewTokenRequest = serde_json::from_str(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let body = if body.trim().is_empty() {
+        "{}"
+    } else {
+        body.as_str()
+    };
+    let req: NewTokenRequest =
+        serde_json::from_str(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut problems = Vec::new();
     if req.max_uses == 0 {
         problems.push("max_uses: must be at least 1".to_string());
     }
     if !(1..=MAX_ENROLLMENT_TOKEN_TTL_SECS).contains(&req.ttl_seconds) {
-        problems.push(format!("ttl_seconds: must be 1..={MAX_ENROLLMENT_TOKEN_TTL_SECS}"));
+        problems.push(format!(
+            "ttl_seconds: must be 1..={MAX_ENROLLMENT_TOKEN_TTL_SECS}"
+        ));
     }
     if !problems.is_empty() {
         return Err(ApiError::bad_request(problems.join("; ")));
     }
     let expires_at = Utc::now() + ChronoDuration::seconds(req.ttl_seconds);
-    let t = create_enrollment_token(&s.store, req.max_uses, expires_at, req.note.as_deref()).await?;
+    let t =
+        create_enrollment_token(&s.store, req.max_uses, expires_at, req.note.as_deref()).await?;
     info!(token_id = %t.id, max_uses = t.max_uses, actor = %actor.0, "Enrollment token created");
     Ok((
         StatusCode::CREATED,
@@ -233,7 +262,11 @@ struct EventsQuery {
     after: Option<i64>,
 }
 
-fn parse_time(field: &str, v: &Option<String>, problems: &mut Vec<String>) -> Option<DateTime<Utc>> {
+fn parse_time(
+    field: &str,
+    v: &Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<DateTime<Utc>> {
     let v = v.as_ref()?;
     match DateTime::parse_from_rfc3339(v) {
         Ok(t) => Some(t.with_timezone(&Utc)),

@@ -33,7 +33,10 @@ type UploadStream = Pin<Box<dyn Stream<Item = Result<proto::UploadResponse, Stat
 impl proto::audit_service_server::AuditService for AuditService {
     type UploadStream = UploadStream;
 
-    async fn upload(&self, req: Request<Streaming<proto::EventBatch>>) -> Result<Response<UploadStream>, Status> {
+    async fn upload(
+        &self,
+        req: Request<Streaming<proto::EventBatch>>,
+    ) -> Result<Response<UploadStream>, Status> {
         let device = authenticate(&self.state.store, &req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
@@ -67,7 +70,10 @@ impl proto::audit_service_server::AuditService for AuditService {
 }
 
 fn answer(batch_id: u64, result: Answer) -> proto::UploadResponse {
-    proto::UploadResponse { batch_id, result: Some(result) }
+    proto::UploadResponse {
+        batch_id,
+        result: Some(result),
+    }
 }
 
 /// Answer one batch. `Err` ends the stream (the device may no longer upload).
@@ -84,14 +90,22 @@ async fn handle_batch(
             batch_id,
             Answer::Error(proto::BatchError {
                 retryable: false,
-                message: format!("batch has {} events; at most {max} are accepted, split it", events.len()),
+                message: format!(
+                    "batch has {} events; at most {max} are accepted, split it",
+                    events.len()
+                ),
                 retry_after_ms: 0,
             }),
         ));
     }
     let Ok(_permit) = state.ingest_permits.clone().try_acquire_owned() else {
         debug!(device_id = %device.id, batch_id, "Ingest saturated, asking agent to slow down");
-        return Ok(answer(batch_id, Answer::SlowDown(proto::SlowDown { retry_after_ms: state.jittered_retry_ms() })));
+        return Ok(answer(
+            batch_id,
+            Answer::SlowDown(proto::SlowDown {
+                retry_after_ms: state.jittered_retry_ms(),
+            }),
+        ));
     };
 
     let mut rows = Vec::with_capacity(events.len());
@@ -109,7 +123,10 @@ async fn handle_batch(
                 spoofed += usize::from(was_spoofed);
                 rows.push(row);
             }
-            Err(problem) => rejected.push(proto::Rejected { id: raw_id, reason: problem.to_string() }),
+            Err(problem) => rejected.push(proto::Rejected {
+                id: raw_id,
+                reason: problem.to_string(),
+            }),
         }
     }
     if spoofed > 0 {
@@ -122,7 +139,13 @@ async fn handle_batch(
         Ok(inserted) => {
             debug!(device_id = %device.id, batch_id, received = rows.len(), inserted, "Batch committed");
             let event_ids = rows.iter().map(|r| r.id.to_string()).collect();
-            Ok(answer(batch_id, Answer::Ack(proto::Ack { event_ids, rejected })))
+            Ok(answer(
+                batch_id,
+                Answer::Ack(proto::Ack {
+                    event_ids,
+                    rejected,
+                }),
+            ))
         }
         Err(e) => {
             error!(error = %e, device_id = %device.id, batch_id, "Batch not stored; not acknowledged");

@@ -19,18 +19,26 @@ pub(crate) struct DeviceIdentity {
 }
 
 /// The device identity a request's client certificate proves, or a status to return.
-pub(crate) async fn authenticate<T>(store: &Store, req: &Request<T>) -> Result<DeviceIdentity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a device client certificate is required: enroll first"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a device client certificate is required: enroll first"))?;
+pub(crate) async fn authenticate<T>(
+    store: &Store,
+    req: &Request<T>,
+) -> Result<DeviceIdentity, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a device client certificate is required: enroll first")
+    })?;
+    let leaf = certs.first().ok_or_else(|| {
+        Status::unauthenticated("a device client certificate is required: enroll first")
+    })?;
     let id = device_id_from_cert(leaf).map_err(|e| {
         warn!(error = %e, "Client certificate without a device id");
-        Status::unauthenticated(format!("client certificate is not a device certificate: {e}"))
+        Status::unauthenticated(format!(
+            "client certificate is not a device certificate: {e}"
+        ))
     })?;
-    let identity = DeviceIdentity { id, fingerprint: fingerprint(leaf) };
+    let identity = DeviceIdentity {
+        id,
+        fingerprint: fingerprint(leaf),
+    };
     let auth = store.touch_device(&identity.id).await;
     check(&identity, auth)?;
     Ok(identity)
@@ -42,7 +50,10 @@ pub(crate) async fn recheck(store: &Store, identity: &DeviceIdentity) -> Result<
     check(identity, store.device_auth(&identity.id).await)
 }
 
-fn check(identity: &DeviceIdentity, auth: Result<Option<DeviceAuth>, StoreError>) -> Result<(), Status> {
+fn check(
+    identity: &DeviceIdentity,
+    auth: Result<Option<DeviceAuth>, StoreError>,
+) -> Result<(), Status> {
     let id = &identity.id;
     let auth = auth.map_err(|e| {
         error!(error = %e, device_id = %id, "Store unavailable during authentication");
@@ -50,7 +61,9 @@ fn check(identity: &DeviceIdentity, auth: Result<Option<DeviceAuth>, StoreError>
     })?;
     let Some(auth) = auth else {
         warn!(device_id = %id, "Certificate for an unknown device");
-        return Err(Status::unauthenticated(format!("device {id} is not enrolled")));
+        return Err(Status::unauthenticated(format!(
+            "device {id} is not enrolled"
+        )));
     };
     if let Some(at) = auth.revoked_at {
         warn!(device_id = %id, revoked_at = %at, "Revoked device refused");
@@ -61,7 +74,9 @@ fn check(identity: &DeviceIdentity, auth: Result<Option<DeviceAuth>, StoreError>
     }
     if auth.cert_fingerprint != identity.fingerprint {
         warn!(device_id = %id, "Certificate is not the one on record for this device");
-        return Err(Status::unauthenticated(format!("certificate is not the current one for device {id}")));
+        return Err(Status::unauthenticated(format!(
+            "certificate is not the current one for device {id}"
+        )));
     }
     Ok(())
 }

@@ -22,13 +22,21 @@ pub(crate) struct EnrollmentService {
 
 #[tonic::async_trait]
 impl proto::enrollment_server::Enrollment for EnrollmentService {
-    async fn enroll(&self, req: Request<proto::EnrollRequest>) -> Result<Response<proto::EnrollResponse>, Status> {
-        let proto::EnrollRequest { token, csr_pem, facts } = req.into_inner();
+    async fn enroll(
+        &self,
+        req: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        let proto::EnrollRequest {
+            token,
+            csr_pem,
+            facts,
+        } = req.into_inner();
         if token.is_empty() {
             return Err(Status::unauthenticated("enrollment token is required"));
         }
         let facts = facts.ok_or_else(|| Status::invalid_argument("facts: is required"))?;
-        let facts = DeviceFacts::try_from(facts).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let facts =
+            DeviceFacts::try_from(facts).map_err(|e| Status::invalid_argument(e.to_string()))?;
 
         let device_id = Uuid::now_v7().to_string();
         let issued = self
@@ -36,7 +44,13 @@ impl proto::enrollment_server::Enrollment for EnrollmentService {
             .pki
             .sign_device_csr(&csr_pem, &device_id)
             .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-        let DeviceFacts { hostname, os, hardware_id, agent_version, owner_email } = facts;
+        let DeviceFacts {
+            hostname,
+            os,
+            hardware_id,
+            agent_version,
+            owner_email,
+        } = facts;
         let record = DeviceRecord {
             id: device_id.clone(),
             cert_fingerprint: issued.fingerprint,
@@ -52,7 +66,12 @@ impl proto::enrollment_server::Enrollment for EnrollmentService {
             revoked_reason: None,
             applied_policy_version: None,
         };
-        match self.state.store.enroll_device(&hash_token(&token), &record).await {
+        match self
+            .state
+            .store
+            .enroll_device(&hash_token(&token), &record)
+            .await
+        {
             Ok(enrolled) => {
                 info!(
                     device_id = %device_id,
@@ -63,7 +82,9 @@ impl proto::enrollment_server::Enrollment for EnrollmentService {
             }
             Err(StoreError::Token(problem)) => {
                 warn!(%problem, hostname = %record.hostname, "Enrollment refused");
-                return Err(Status::unauthenticated(format!("enrollment token refused: {problem}")));
+                return Err(Status::unauthenticated(format!(
+                    "enrollment token refused: {problem}"
+                )));
             }
             Err(e) => {
                 error!(error = %e, "Enrollment failed in the store");

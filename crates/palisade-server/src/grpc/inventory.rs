@@ -20,18 +20,28 @@ impl proto::inventory_service_server::InventoryService for InventoryService {
         req: Request<proto::InventoryReport>,
     ) -> Result<Response<proto::InventoryReportResponse>, Status> {
         let device = authenticate(&self.state.store, &req).await?;
-        let proto::InventoryReport { items, full_snapshot, observed_at_unix_ms: _ } = req.into_inner();
+        let proto::InventoryReport {
+            items,
+            full_snapshot,
+            observed_at_unix_ms: _,
+        } = req.into_inner();
         let items = items
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
-                InventoryRecord::try_from(item).map_err(|e| Status::invalid_argument(format!("items[{i}].{e}")))
+                InventoryRecord::try_from(item)
+                    .map_err(|e| Status::invalid_argument(format!("items[{i}].{e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let accepted = self.state.store.put_inventory(&device.id, &items, full_snapshot).await.map_err(|e| {
-            error!(error = %e, device_id = %device.id, "Could not store inventory");
-            Status::unavailable("store unavailable, retry later")
-        })?;
+        let accepted = self
+            .state
+            .store
+            .put_inventory(&device.id, &items, full_snapshot)
+            .await
+            .map_err(|e| {
+                error!(error = %e, device_id = %device.id, "Could not store inventory");
+                Status::unavailable("store unavailable, retry later")
+            })?;
         debug!(device_id = %device.id, accepted, full_snapshot, "Inventory stored");
         Ok(Response::new(proto::InventoryReportResponse { accepted }))
     }

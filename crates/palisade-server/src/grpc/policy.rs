@@ -25,7 +25,11 @@ type PolicyStream = Pin<Box<dyn Stream<Item = Result<proto::PolicyUpdate, Status
 
 /// Send the current policy, then every newer one, until the client goes,
 /// the server shuts down, or the device is revoked (checked periodically).
-async fn feed(state: Arc<GrpcState>, device: DeviceIdentity, tx: mpsc::Sender<Result<proto::PolicyUpdate, Status>>) {
+async fn feed(
+    state: Arc<GrpcState>,
+    device: DeviceIdentity,
+    tx: mpsc::Sender<Result<proto::PolicyUpdate, Status>>,
+) {
     let mut policy = state.bus.subscribe();
     let shutdown = wait_shutdown(state.shutdown.clone());
     tokio::pin!(shutdown);
@@ -88,10 +92,14 @@ impl proto::policy_service_server::PolicyService for PolicyService {
                 "version: {version} was never published (newest is {newest})"
             )));
         }
-        self.state.store.record_applied(&device.id, version).await.map_err(|e| {
-            error!(error = %e, device_id = %device.id, "Could not record applied policy");
-            Status::unavailable("store unavailable, retry later")
-        })?;
+        self.state
+            .store
+            .record_applied(&device.id, version)
+            .await
+            .map_err(|e| {
+                error!(error = %e, device_id = %device.id, "Could not record applied policy");
+                Status::unavailable("store unavailable, retry later")
+            })?;
         Ok(Response::new(proto::ReportAppliedResponse {}))
     }
 }

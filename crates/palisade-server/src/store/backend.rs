@@ -4,12 +4,15 @@
 //! drift. Must never build SQL from untrusted strings: values are always bound.
 
 use super::{
-    from_ms, migrate, now_ms, DeviceAuth, DeviceRecord, Enrolled, EventFilter, InventoryRecord, NewEvent,
-    StoreError, StoredEvent, StoredPolicy, TokenProblem, INSERT_CHUNK_ROWS, POLICY_CHANNEL, SQLITE_BUSY_TIMEOUT,
+    from_ms, migrate, now_ms, DeviceAuth, DeviceRecord, Enrolled, EventFilter, InventoryRecord,
+    NewEvent, StoreError, StoredEvent, StoredPolicy, TokenProblem, INSERT_CHUNK_ROWS,
+    POLICY_CHANNEL, SQLITE_BUSY_TIMEOUT,
 };
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -48,10 +51,15 @@ impl std::fmt::Debug for PgBackend {
 // === impl SqliteBackend ===
 
 impl SqliteBackend {
-    pub(super) async fn open(path: &std::path::Path, max_connections: u32) -> Result<Self, StoreError> {
+    pub(super) async fn open(
+        path: &std::path::Path,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -61,16 +69,27 @@ impl SqliteBackend {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(opts)
+            .await?;
         migrate::migrator(migrate::SQLITE).await?.run(&pool).await?;
         info!(path = %path.display(), "Opened SQLite store");
-        let mut backend = Self { pool, write_lock: Arc::new(tokio::sync::Mutex::new(())), group: None };
+        let mut backend = Self {
+            pool,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            group: None,
+        };
         backend.group = Some(super::group::GroupCommitter::start(backend.clone()));
         Ok(backend)
     }
 
     /// Insert through the group committer (one transaction per group of batches).
-    pub(super) async fn insert_events_grouped(&self, device_id: &str, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+    pub(super) async fn insert_events_grouped(
+        &self,
+        device_id: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
         match &self.group {
             Some(g) => g.insert(device_id, events).await,
             None => self.insert_events(device_id, &events).await,
@@ -81,7 +100,10 @@ impl SqliteBackend {
         self.write_lock.lock().await
     }
 
-    async fn notify_policy(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, _version: u64) -> Result<(), StoreError> {
+    async fn notify_policy(
+        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        _version: u64,
+    ) -> Result<(), StoreError> {
         // One process per SQLite file; other watchers poll.
         Ok(())
     }
@@ -90,20 +112,32 @@ impl SqliteBackend {
 // === impl PgBackend ===
 
 impl PgBackend {
-    pub(super) async fn open(url: &str, schema: Option<&str>, max_connections: u32) -> Result<Self, StoreError> {
+    pub(super) async fn open(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         let mut opts = PgConnectOptions::from_str(url)?;
         if let Some(schema) = schema {
             if !crate::config::is_safe_identifier(schema) {
-                return Err(StoreError::Corrupt(format!("invalid schema name {schema:?}")));
+                return Err(StoreError::InvalidSchema(schema.to_string()));
             }
             // Identifier checked above: safe to interpolate.
             let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut conn)
+                .await?;
             sqlx::Connection::close(conn).await?;
             opts = opts.options([("search_path", schema)]);
         }
-        let pool = PgPoolOptions::new().max_connections(max_connections).connect_with(opts.clone()).await?;
-        migrate::migrator(migrate::POSTGRES).await?.run(&pool).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(opts.clone())
+            .await?;
+        migrate::migrator(migrate::POSTGRES)
+            .await?
+            .run(&pool)
+            .await?;
         info!(url = %crate::config::redact_url(url), schema, "Opened PostgreSQL store");
         Ok(Self { pool, opts })
     }
@@ -111,7 +145,10 @@ impl PgBackend {
     /// PostgreSQL handles concurrent writers itself.
     async fn write_guard(&self) {}
 
-    async fn notify_policy(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, version: u64) -> Result<(), StoreError> {
+    async fn notify_policy(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        version: u64,
+    ) -> Result<(), StoreError> {
         // Delivered to listeners when the transaction commits.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(POLICY_CHANNEL)
@@ -122,7 +159,9 @@ impl PgBackend {
     }
 
     pub(super) async fn policy_listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(self.opts.clone());
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(self.opts.clone());
         let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
         l.listen(POLICY_CHANNEL).await?;
         Ok(l)
@@ -141,7 +180,8 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-const DEVICE_COLUMNS: &str = "id, cert_fingerprint, cert_serial, hostname, os, hardware_id, agent_version, \
+const DEVICE_COLUMNS: &str =
+    "id, cert_fingerprint, cert_serial, hostname, os, hardware_id, agent_version, \
      owner_email, enrolled_at, last_seen, revoked_at, revoked_reason, applied_policy_version";
 
 macro_rules! backend_impl {

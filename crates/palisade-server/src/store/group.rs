@@ -34,9 +34,17 @@ impl GroupCommitter {
         Self { tx }
     }
 
-    pub(super) async fn insert(&self, device_id: &str, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+    pub(super) async fn insert(
+        &self,
+        device_id: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { device_id: device_id.to_string(), events, reply };
+        let job = Job {
+            device_id: device_id.to_string(),
+            events,
+            reply,
+        };
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -55,7 +63,10 @@ async fn writer(backend: SqliteBackend, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let groups: Vec<(&str, &[NewEvent])> = jobs.iter().map(|j| (j.device_id.as_str(), &j.events[..])).collect();
+        let groups: Vec<(&str, &[NewEvent])> = jobs
+            .iter()
+            .map(|j| (j.device_id.as_str(), &j.events[..]))
+            .collect();
         match backend.insert_event_groups(&groups).await {
             Ok(counts) => {
                 for (job, count) in jobs.into_iter().zip(counts) {
@@ -66,7 +77,9 @@ async fn writer(backend: SqliteBackend, mut rx: mpsc::Receiver<Job>) {
                 error!(error = %e, batches = jobs.len(), events = total, "Group commit failed; nothing in it is stored");
                 let message = e.to_string();
                 for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::GroupCommit(message.clone())));
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::GroupCommit(message.clone())));
                 }
             }
         }

@@ -12,8 +12,16 @@ use std::borrow::Cow;
 /// `(version, description, sql)`.
 type Embedded = &'static [(i64, &'static str, &'static str)];
 
-pub(super) const SQLITE: Embedded = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
-pub(super) const POSTGRES: Embedded = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+pub(super) const SQLITE: Embedded = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+pub(super) const POSTGRES: Embedded = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
 
 #[derive(Debug)]
 struct Source(Embedded);
@@ -25,7 +33,13 @@ impl MigrationSource<'static> for Source {
                 .0
                 .iter()
                 .map(|(v, d, sql)| {
-                    Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, Cow::Borrowed(*sql), false)
+                    Migration::new(
+                        *v,
+                        Cow::Borrowed(*d),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
                 })
                 .collect())
         })

@@ -43,10 +43,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("batch not stored: the transaction it was grouped into failed: {0}")]
     GroupCommit(String),
+    #[error("invalid PostgreSQL schema name {0:?}: use [a-z_][a-z0-9_]*")]
+    InvalidSchema(String),
     #[error("store is shutting down")]
     Closed,
     #[error("could not create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Why an enrollment token was refused.
@@ -183,19 +188,35 @@ impl Store {
     pub async fn open(cfg: &crate::ServerConfig) -> Result<Self, StoreError> {
         match &cfg.store.postgres_url {
             Some(url) => {
-                Self::open_postgres(url, cfg.store.postgres_schema.as_deref(), cfg.store.max_connections).await
+                Self::open_postgres(
+                    url,
+                    cfg.store.postgres_schema.as_deref(),
+                    cfg.store.max_connections,
+                )
+                .await
             }
             None => Self::open_sqlite(&cfg.sqlite_path(), cfg.store.max_connections).await,
         }
     }
 
-    pub async fn open_sqlite(path: &std::path::Path, max_connections: u32) -> Result<Self, StoreError> {
-        Ok(Store::Sqlite(SqliteBackend::open(path, max_connections).await?))
+    pub async fn open_sqlite(
+        path: &std::path::Path,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Ok(Store::Sqlite(
+            SqliteBackend::open(path, max_connections).await?,
+        ))
     }
 
     /// `schema`, when given, is created if missing and used as search_path.
-    pub async fn open_postgres(url: &str, schema: Option<&str>, max_connections: u32) -> Result<Self, StoreError> {
-        Ok(Store::Postgres(Box::new(PgBackend::open(url, schema, max_connections).await?)))
+    pub async fn open_postgres(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Ok(Store::Postgres(Box::new(
+            PgBackend::open(url, schema, max_connections).await?,
+        )))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -221,7 +242,11 @@ impl Store {
         dispatch!(self.create_enrollment_token(token_hash, max_uses, expires_at, note))
     }
 
-    pub async fn create_admin_token(&self, token_hash: &str, name: &str) -> Result<String, StoreError> {
+    pub async fn create_admin_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+    ) -> Result<String, StoreError> {
         dispatch!(self.create_admin_token(token_hash, name))
     }
 
@@ -234,7 +259,11 @@ impl Store {
 
     /// Consume one use of the token and insert the device, revoking any live
     /// device with the same hardware id, all in one transaction.
-    pub async fn enroll_device(&self, token_hash: &str, device: &DeviceRecord) -> Result<Enrolled, StoreError> {
+    pub async fn enroll_device(
+        &self,
+        token_hash: &str,
+        device: &DeviceRecord,
+    ) -> Result<Enrolled, StoreError> {
         dispatch!(self.enroll_device(token_hash, device))
     }
 
@@ -287,7 +316,11 @@ impl Store {
 
     /// Insert a batch for `device_id` in one transaction; ids already stored
     /// are skipped. Returns how many rows were new. Committed on `Ok`.
-    pub async fn insert_events(&self, device_id: &str, events: &[NewEvent]) -> Result<u64, StoreError> {
+    pub async fn insert_events(
+        &self,
+        device_id: &str,
+        events: &[NewEvent],
+    ) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(b) => b.insert_events_grouped(device_id, events.to_vec()).await,
             Store::Postgres(b) => b.insert_events(device_id, events).await,
@@ -314,7 +347,10 @@ impl Store {
         dispatch!(self.put_inventory(device_id, items, full_snapshot))
     }
 
-    pub async fn list_inventory(&self, device_id: &str) -> Result<Vec<InventoryRecord>, StoreError> {
+    pub async fn list_inventory(
+        &self,
+        device_id: &str,
+    ) -> Result<Vec<InventoryRecord>, StoreError> {
         dispatch!(self.list_inventory(device_id))
     }
 

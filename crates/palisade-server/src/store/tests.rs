@@ -6,17 +6,24 @@ use chrono::Duration as ChronoDuration;
 
 async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open_sqlite(&dir.path().join("t.db"), 4).await.unwrap();
+    let sqlite = Store::open_sqlite(&dir.path().join("t.db"), 4)
+        .await
+        .unwrap();
     let mut out = vec![(sqlite, Some(dir))];
     if let Some(url) = test_postgres_url() {
         let schema = format!("t_{}", Uuid::now_v7().simple());
-        out.push((Store::open_postgres(&url, Some(&schema), 4).await.unwrap(), None));
+        out.push((
+            Store::open_postgres(&url, Some(&schema), 4).await.unwrap(),
+            None,
+        ));
     }
     out
 }
 
 pub(crate) fn test_postgres_url() -> Option<String> {
-    std::env::var("PALISADE_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())
+    std::env::var("PALISADE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 fn device(id: &str, hw: &str) -> DeviceRecord {
@@ -54,22 +61,55 @@ fn event(kind: &str, provider: Option<&str>) -> NewEvent {
 async fn token_limits_and_expiry() {
     for (s, _g) in stores().await {
         let later = Utc::now() + ChronoDuration::hours(1);
-        s.create_enrollment_token("h-single", 1, later, None).await.unwrap();
-        s.enroll_device("h-single", &device("d1", "hw1")).await.unwrap();
-        let e = s.enroll_device("h-single", &device("d2", "hw2")).await.unwrap_err();
-        assert!(matches!(e, StoreError::Token(TokenProblem::UsedUp)), "{}: {e}", s.backend_name());
+        s.create_enrollment_token("h-single", 1, later, None)
+            .await
+            .unwrap();
+        s.enroll_device("h-single", &device("d1", "hw1"))
+            .await
+            .unwrap();
+        let e = s
+            .enroll_device("h-single", &device("d2", "hw2"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Token(TokenProblem::UsedUp)),
+            "{}: {e}",
+            s.backend_name()
+        );
 
-        s.create_enrollment_token("h-expired", 5, Utc::now() - ChronoDuration::seconds(1), None).await.unwrap();
-        let e = s.enroll_device("h-expired", &device("d3", "hw3")).await.unwrap_err();
+        s.create_enrollment_token(
+            "h-expired",
+            5,
+            Utc::now() - ChronoDuration::seconds(1),
+            None,
+        )
+        .await
+        .unwrap();
+        let e = s
+            .enroll_device("h-expired", &device("d3", "hw3"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::Token(TokenProblem::Expired)), "{e}");
 
-        let e = s.enroll_device("h-nope", &device("d4", "hw4")).await.unwrap_err();
+        let e = s
+            .enroll_device("h-nope", &device("d4", "hw4"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::Token(TokenProblem::Unknown)), "{e}");
 
-        s.create_enrollment_token("h-multi", 2, later, Some("fleet")).await.unwrap();
-        s.enroll_device("h-multi", &device("d5", "hw5")).await.unwrap();
-        s.enroll_device("h-multi", &device("d6", "hw6")).await.unwrap();
-        assert!(s.enroll_device("h-multi", &device("d7", "hw7")).await.is_err());
+        s.create_enrollment_token("h-multi", 2, later, Some("fleet"))
+            .await
+            .unwrap();
+        s.enroll_device("h-multi", &device("d5", "hw5"))
+            .await
+            .unwrap();
+        s.enroll_device("h-multi", &device("d6", "hw6"))
+            .await
+            .unwrap();
+        assert!(s
+            .enroll_device("h-multi", &device("d7", "hw7"))
+            .await
+            .is_err());
         // A failed enrollment leaves no device behind.
         assert!(s.get_device("d7").await.unwrap().is_none());
     }
@@ -78,15 +118,29 @@ async fn token_limits_and_expiry() {
 #[tokio::test]
 async fn reenrolling_hardware_supersedes_old_device() {
     for (s, _g) in stores().await {
-        s.create_enrollment_token("h", 10, Utc::now() + ChronoDuration::hours(1), None).await.unwrap();
-        let first = s.enroll_device("h", &device("old", "serial-1")).await.unwrap();
+        s.create_enrollment_token("h", 10, Utc::now() + ChronoDuration::hours(1), None)
+            .await
+            .unwrap();
+        let first = s
+            .enroll_device("h", &device("old", "serial-1"))
+            .await
+            .unwrap();
         assert!(first.superseded.is_empty());
-        let second = s.enroll_device("h", &device("new", "serial-1")).await.unwrap();
+        let second = s
+            .enroll_device("h", &device("new", "serial-1"))
+            .await
+            .unwrap();
         assert_eq!(second.superseded, vec!["old".to_string()]);
         let old = s.get_device("old").await.unwrap().unwrap();
         assert!(old.revoked_at.is_some());
         assert!(old.revoked_reason.unwrap().contains("new"));
-        let live: Vec<_> = s.list_devices().await.unwrap().into_iter().filter(|d| d.revoked_at.is_none()).collect();
+        let live: Vec<_> = s
+            .list_devices()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.revoked_at.is_none())
+            .collect();
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].id, "new");
     }
@@ -96,7 +150,9 @@ async fn reenrolling_hardware_supersedes_old_device() {
 async fn touch_revoke_and_applied() {
     for (s, _g) in stores().await {
         assert!(s.touch_device("ghost").await.unwrap().is_none());
-        s.create_enrollment_token("h", 1, Utc::now() + ChronoDuration::hours(1), None).await.unwrap();
+        s.create_enrollment_token("h", 1, Utc::now() + ChronoDuration::hours(1), None)
+            .await
+            .unwrap();
         s.enroll_device("h", &device("d", "hw")).await.unwrap();
         let auth = s.touch_device("d").await.unwrap().unwrap();
         assert_eq!(auth.cert_fingerprint, "fp-d");
@@ -107,8 +163,20 @@ async fn touch_revoke_and_applied() {
         assert!(rec.last_seen.is_some());
         assert!(s.revoke_device("d", "lost laptop").await.unwrap());
         assert!(!s.revoke_device("d", "again").await.unwrap());
-        assert!(s.touch_device("d").await.unwrap().unwrap().revoked_at.is_some());
-        assert!(s.device_auth("d").await.unwrap().unwrap().revoked_at.is_some());
+        assert!(s
+            .touch_device("d")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
+        assert!(s
+            .device_auth("d")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
         assert!(s.device_auth("ghost").await.unwrap().is_none());
     }
 }
@@ -116,7 +184,14 @@ async fn touch_revoke_and_applied() {
 #[tokio::test]
 async fn events_are_idempotent_and_filterable() {
     for (s, _g) in stores().await {
-        let batch: Vec<_> = (0..1200).map(|i| event("interaction", Some(if i % 2 == 0 { "openai" } else { "anthropic" }))).collect();
+        let batch: Vec<_> = (0..1200)
+            .map(|i| {
+                event(
+                    "interaction",
+                    Some(if i % 2 == 0 { "openai" } else { "anthropic" }),
+                )
+            })
+            .collect();
         assert_eq!(s.insert_events("d1", &batch).await.unwrap(), 1200);
         // Retry after a lost ack: nothing new.
         assert_eq!(s.insert_events("d1", &batch).await.unwrap(), 0);
@@ -126,21 +201,43 @@ async fn events_are_idempotent_and_filterable() {
         assert_eq!(s.insert_events("d2", &mixed).await.unwrap(), 1);
         assert_eq!(s.count_events().await.unwrap(), 1201);
 
-        let f = EventFilter { provider: Some("openai".into()), limit: 10_000, ..Default::default() };
+        let f = EventFilter {
+            provider: Some("openai".into()),
+            limit: 10_000,
+            ..Default::default()
+        };
         assert_eq!(s.query_events(&f).await.unwrap().len(), 600);
-        let f = EventFilter { device_id: Some("d2".into()), limit: 100, ..Default::default() };
+        let f = EventFilter {
+            device_id: Some("d2".into()),
+            limit: 100,
+            ..Default::default()
+        };
         let got = s.query_events(&f).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].kind, "app.discovered");
         // Paging by seq.
-        let page1 = s.query_events(&EventFilter { limit: 5, ..Default::default() }).await.unwrap();
+        let page1 = s
+            .query_events(&EventFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let page2 = s
-            .query_events(&EventFilter { limit: 5, after_seq: Some(page1[4].seq), ..Default::default() })
+            .query_events(&EventFilter {
+                limit: 5,
+                after_seq: Some(page1[4].seq),
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert!(page2[0].seq > page1[4].seq);
         assert_eq!(page1[0].id, batch[0].id);
-        let future = EventFilter { since: Some(Utc::now() + ChronoDuration::hours(1)), limit: 10, ..Default::default() };
+        let future = EventFilter {
+            since: Some(Utc::now() + ChronoDuration::hours(1)),
+            limit: 10,
+            ..Default::default()
+        };
         assert!(s.query_events(&future).await.unwrap().is_empty());
         assert_eq!(s.insert_events("d1", &[]).await.unwrap(), 0);
     }
@@ -154,7 +251,10 @@ async fn policy_versions_increase() {
         assert_eq!(s.insert_policy("{\"a\":1}", "admin").await.unwrap(), 1);
         assert_eq!(s.insert_policy("{\"a\":2}", "admin").await.unwrap(), 2);
         let p = s.latest_policy().await.unwrap().unwrap();
-        assert_eq!((p.version, p.document.as_str(), p.author.as_str()), (2, "{\"a\":2}", "admin"));
+        assert_eq!(
+            (p.version, p.document.as_str(), p.author.as_str()),
+            (2, "{\"a\":2}", "admin")
+        );
     }
 }
 
@@ -167,11 +267,17 @@ async fn inventory_snapshot_replaces_and_upsert_keeps() {
             name: name.into(),
             details: "{}".into(),
         };
-        s.put_inventory("d", &[item("a", "A"), item("b", "B")], true).await.unwrap();
-        s.put_inventory("d", &[item("c", "C")], false).await.unwrap();
+        s.put_inventory("d", &[item("a", "A"), item("b", "B")], true)
+            .await
+            .unwrap();
+        s.put_inventory("d", &[item("c", "C")], false)
+            .await
+            .unwrap();
         assert_eq!(s.list_inventory("d").await.unwrap().len(), 3);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        s.put_inventory("d", &[item("a", "A2")], true).await.unwrap();
+        s.put_inventory("d", &[item("a", "A2")], true)
+            .await
+            .unwrap();
         let inv = s.list_inventory("d").await.unwrap();
         assert_eq!(inv, vec![item("a", "A2")]);
     }
@@ -181,7 +287,10 @@ async fn inventory_snapshot_replaces_and_upsert_keeps() {
 async fn admin_tokens_resolve_by_hash() {
     for (s, _g) in stores().await {
         s.create_admin_token("hash-1", "bootstrap").await.unwrap();
-        assert_eq!(s.admin_token_name("hash-1").await.unwrap().as_deref(), Some("bootstrap"));
+        assert_eq!(
+            s.admin_token_name("hash-1").await.unwrap().as_deref(),
+            Some("bootstrap")
+        );
         assert_eq!(s.admin_token_name("hash-2").await.unwrap(), None);
     }
 }
@@ -191,7 +300,9 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/x.db");
     let s = Store::open_sqlite(&path, 2).await.unwrap();
-    s.insert_events("d", &[event("interaction", None)]).await.unwrap();
+    s.insert_events("d", &[event("interaction", None)])
+        .await
+        .unwrap();
     s.close().await;
     let s = Store::open_sqlite(&path, 2).await.unwrap();
     assert_eq!(s.count_events().await.unwrap(), 1);
@@ -202,7 +313,9 @@ async fn sqlite_unwritable_path_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let e = Store::open_sqlite(&file.join("sub/x.db"), 1).await.unwrap_err();
+    let e = Store::open_sqlite(&file.join("sub/x.db"), 1)
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::DataDir { .. }), "{e}");
 }
 
@@ -212,14 +325,21 @@ async fn concurrent_policy_publishes_get_distinct_versions() {
         let mut tasks = Vec::new();
         for i in 0..8 {
             let s = s.clone();
-            tasks.push(tokio::spawn(async move { s.insert_policy(&format!("{{\"n\":{i}}}"), "admin").await }));
+            tasks.push(tokio::spawn(async move {
+                s.insert_policy(&format!("{{\"n\":{i}}}"), "admin").await
+            }));
         }
         let mut versions = Vec::new();
         for t in tasks {
             versions.push(t.await.unwrap().unwrap());
         }
         versions.sort();
-        assert_eq!(versions, (1..=8).collect::<Vec<u64>>(), "{}", s.backend_name());
+        assert_eq!(
+            versions,
+            (1..=8).collect::<Vec<u64>>(),
+            "{}",
+            s.backend_name()
+        );
     }
 }
 
@@ -230,7 +350,9 @@ async fn concurrent_batches_all_commit() {
         for d in 0..16 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                let batch: Vec<_> = (0..200).map(|_| event("interaction", Some("openai"))).collect();
+                let batch: Vec<_> = (0..200)
+                    .map(|_| event("interaction", Some("openai")))
+                    .collect();
                 s.insert_events(&format!("d{d}"), &batch).await
             }));
         }
@@ -246,9 +368,10 @@ async fn sqlite_group_commit_failure_fails_every_batch_in_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g.db");
     let s = Store::open_sqlite(&path, 4).await.unwrap();
-    let outside = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&path))
-        .await
-        .unwrap();
+    let outside =
+        sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&path))
+            .await
+            .unwrap();
     sqlx::query("CREATE TRIGGER no_room BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         .execute(&outside)
         .await
@@ -263,9 +386,24 @@ async fn sqlite_group_commit_failure_fails_every_batch_in_it() {
     }
     for t in tasks {
         let e = t.await.unwrap().unwrap_err();
-        assert!(matches!(e, StoreError::GroupCommit(_) | StoreError::Database(_)), "{e}");
+        assert!(
+            matches!(e, StoreError::GroupCommit(_) | StoreError::Database(_)),
+            "{e}"
+        );
     }
-    sqlx::query("DROP TRIGGER no_room").execute(&outside).await.unwrap();
-    assert_eq!(s.count_events().await.unwrap(), 0, "a failed group stores nothing");
-    assert_eq!(s.insert_events("d", &[event("interaction", None)]).await.unwrap(), 1);
+    sqlx::query("DROP TRIGGER no_room")
+        .execute(&outside)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.count_events().await.unwrap(),
+        0,
+        "a failed group stores nothing"
+    );
+    assert_eq!(
+        s.insert_events("d", &[event("interaction", None)])
+            .await
+            .unwrap(),
+        1
+    );
 }

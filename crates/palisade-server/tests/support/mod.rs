@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub fn postgres_url() -> Option<String> {
-    std::env::var("PALISADE_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())
+    std::env::var("PALISADE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 pub fn fresh_schema() -> String {
@@ -49,8 +51,13 @@ impl TestServer {
 
     pub async fn start_cfg(cfg: ServerConfig, dir: Option<tempfile::TempDir>) -> Self {
         // Create the PKI up front so the test knows the CA before run() starts.
-        let ca_pem = ServerPki::load_or_create(&cfg).unwrap().ca_cert_pem().to_string();
-        let admin_token = palisade_server::bootstrap_admin_token(&cfg, "test-admin").await.unwrap();
+        let ca_pem = ServerPki::load_or_create(&cfg)
+            .unwrap()
+            .ca_cert_pem()
+            .to_string();
+        let admin_token = palisade_server::bootstrap_admin_token(&cfg, "test-admin")
+            .await
+            .unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -81,8 +88,15 @@ impl TestServer {
 
     /// A channel without a client certificate (enrollment only).
     pub async fn anonymous_channel(&self) -> Channel {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("localhost");
-        self.endpoint().tls_config(tls).unwrap().connect().await.unwrap()
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost");
+        self.endpoint()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn device_channel(&self, d: &Device) -> Channel {
@@ -90,12 +104,20 @@ impl TestServer {
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&d.cert_pem, &d.key_pem))
             .domain_name("localhost");
-        self.endpoint().tls_config(tls).unwrap().connect().await.unwrap()
+        self.endpoint()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn enroll(&self, token: &str, hardware_id: &str) -> Result<Device, tonic::Status> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
         let mut client = EnrollmentClient::new(self.anonymous_channel().await);
         let resp = client
             .enroll(proto::EnrollRequest {
@@ -105,7 +127,11 @@ impl TestServer {
             })
             .await?
             .into_inner();
-        Ok(Device { id: resp.device_id, cert_pem: resp.certificate_chain_pem, key_pem: key.serialize_pem() })
+        Ok(Device {
+            id: resp.device_id,
+            cert_pem: resp.certificate_chain_pem,
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Enroll with a fresh single-use token.
@@ -133,8 +159,16 @@ impl TestServer {
         format!("http://{}{path}", self.admin_addr)
     }
 
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
-        let mut req = self.http().request(method, self.url(path)).bearer_auth(&self.admin_token);
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http()
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -157,7 +191,13 @@ impl TestServer {
     }
 
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
-        let (s, v) = self.admin(reqwest::Method::GET, &format!("/api/v1/events?{query}"), None).await;
+        let (s, v) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/events?{query}"),
+                None,
+            )
+            .await;
         assert_eq!(s, 200, "{v}");
         v["events"].as_array().unwrap().clone()
     }
@@ -197,11 +237,22 @@ pub fn facts(hardware_id: &str) -> proto::DeviceFacts {
 pub fn record(claimed_device: &str, provider: &str) -> proto::AuditRecord {
     let mut ev = AuditEvent::new(
         EventKind::Interaction,
-        DeviceRef { id: claimed_device.into(), hostname: "laptop-1".into(), os: "linux".into() },
+        DeviceRef {
+            id: claimed_device.into(),
+            hostname: "laptop-1".into(),
+            os: "linux".into(),
+        },
         UserRef::default(),
     );
-    ev.interaction = Some(Interaction { provider: provider.into(), model: Some("gpt-4o".into()), ..Default::default() });
-    proto::AuditRecord { id: ev.id.to_string(), json: serde_json::to_vec(&ev).unwrap() }
+    ev.interaction = Some(Interaction {
+        provider: provider.into(),
+        model: Some("gpt-4o".into()),
+        ..Default::default()
+    });
+    proto::AuditRecord {
+        id: ev.id.to_string(),
+        json: serde_json::to_vec(&ev).unwrap(),
+    }
 }
 
 pub fn batch(batch_id: u64, events: Vec<proto::AuditRecord>) -> proto::EventBatch {
@@ -218,7 +269,10 @@ pub async fn upload(
     for b in batches {
         tx.send(b).await.unwrap();
     }
-    let mut stream = client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut stream = client
+        .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let mut out = Vec::new();
     while out.len() < n {
         match stream.message().await? {
