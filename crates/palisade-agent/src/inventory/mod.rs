@@ -112,6 +112,11 @@ struct Live {
     traffic_apps: BTreeMap<String, AppSighting>,
     enforce: Option<Arc<Mutex<EnforceCtx>>>,
     report_tx: watch::Sender<Option<Arc<Vec<InventoryItem>>>>,
+    /// What the watcher scans; used for our own re-check scans.
+    scan: ScanConfig,
+    /// When to re-check configs we just edited (see [`Live::recheck`]).
+    recheck_at: Option<tokio::time::Instant>,
+    recheck_delay: Duration,
 }
 
 // === impl Discovery ===
@@ -154,6 +159,8 @@ impl Discovery {
     /// Watch, report and enforce until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let wcfg = self.watch_config();
+        let scan = wcfg.scan.clone();
+        let recheck_delay = wcfg.debounce * 4 + Duration::from_millis(500);
         let (watch_handle, mut updates) = match palisade_discovery::watch(wcfg) {
             Ok(x) => x,
             Err(error) => {
@@ -213,6 +220,9 @@ impl Discovery {
             traffic_apps,
             enforce,
             report_tx,
+            scan,
+            recheck_at: None,
+            recheck_delay,
         };
         loop {
             tokio::select! {
@@ -232,6 +242,7 @@ impl Discovery {
                     live.enforce_now().await;
                 }
                 ev = recv_traffic(&mut traffic) => live.on_record(ev),
+                _ = sleep_until(live.recheck_at), if live.recheck_at.is_some() => live.recheck().await,
                 _ = app_tick.tick() => live.detect_apps().await,
             }
         }
@@ -240,6 +251,13 @@ impl Discovery {
             r.abort();
         }
         debug!("Discovery stopped");
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -418,8 +436,34 @@ impl Live {
     }
 
     async fn on_update(&mut self, u: WatchUpdate) {
+        for f in &u.change.new_findings {
+            warn!(path = %f.path.display(), kind = ?f.kind, problem = %f.problem, "MCP config finding");
+        }
+        self.take_inventory(u.inventory, u.initial).await;
+    }
+
+    /// Our own scan shortly after we edited configs. The watcher reports
+    /// only differences from ITS last scan, so a server re-added within the
+    /// debounce window after we removed it looks unchanged to it; this scan
+    /// sees the file as it is and re-applies. Repeats while edits happen.
+    async fn recheck(&mut self) {
+        self.recheck_at = None;
+        let cfg = self.scan.clone();
+        match tokio::task::spawn_blocking(move || palisade_discovery::scan(&cfg)).await {
+            Ok(inv) => {
+                debug!(
+                    servers = inv.servers.len(),
+                    "Re-checked MCP configs after enforcement"
+                );
+                self.take_inventory(Arc::new(inv), false).await;
+            }
+            Err(error) => warn!(%error, "MCP re-check scan failed"),
+        }
+    }
+
+    async fn take_inventory(&mut self, inventory: Arc<Inventory>, initial: bool) {
         let device = self.inputs.state.device.clone();
-        for s in &u.inventory.servers {
+        for s in &inventory.servers {
             if self.persisted.seen_entries.insert(seen_key(s)) {
                 info!(server = %s.name, client = %s.client, fingerprint = %s.fingerprint, "MCP server discovered");
                 self.record(events::mcp_discovered(
@@ -429,11 +473,8 @@ impl Live {
                 ));
             }
         }
-        for f in &u.change.new_findings {
-            warn!(path = %f.path.display(), kind = ?f.kind, problem = %f.problem, "MCP config finding");
-        }
-        self.inventory = Some(u.inventory.clone());
-        if u.initial {
+        self.inventory = Some(inventory);
+        if initial {
             // Apps are detected against the homes the scan found.
             self.detect_apps().await;
         }
@@ -471,6 +512,13 @@ impl Live {
                 return;
             }
         };
+        if applied
+            .actions
+            .iter()
+            .any(|a| matches!(a, EnforcementAction::Disabled { .. }))
+        {
+            self.recheck_at = Some(tokio::time::Instant::now() + self.recheck_delay);
+        }
         let device = self.inputs.state.device.clone();
         for a in &applied.actions {
             let home = match a {
