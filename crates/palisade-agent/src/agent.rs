@@ -181,6 +181,7 @@ impl Agent {
                 os: std::env::consts::OS.to_string(),
             },
             owner_email: config.owner_email.clone(),
+            team: config.team.clone(),
             capture_max_bytes: config.capture_max_bytes,
             client_idle_timeout: Duration::from_millis(config.client_idle_timeout_ms),
             stats: ProxyStats::default(),

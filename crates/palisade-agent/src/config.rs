@@ -18,6 +18,8 @@ pub const DEFAULT_LEAF_CACHE: usize = 1024;
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// How long a client may stay silent in the middle of a request body.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Longest accepted `team` name.
+pub const MAX_TEAM_LEN: usize = 128;
 /// Full MCP/app rescan interval: the backstop behind the file watchers.
 pub const DEFAULT_DISCOVERY_RESCAN_SECS: u64 = 300;
 /// Longest accepted rescan interval (one day).
@@ -49,6 +51,8 @@ pub struct AgentConfig {
     pub key_store: KeyStoreChoice,
     /// Owner of the device as named by MDM.
     pub owner_email: Option<String>,
+    /// The device's team as named by MDM (per-team capture overrides).
+    pub team: Option<String>,
     pub server: Option<ServerLink>,
     /// AI app and MCP server discovery, and MCP enforcement.
     pub discovery: DiscoveryConfig,
@@ -188,6 +192,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("capture_max_bytes", &self.capture_max_bytes)
             .field("key_store", &self.key_store)
             .field("owner_email", &self.owner_email)
+            .field("team", &self.team)
             .field("server", &self.server)
             .field("discovery", &self.discovery)
             .finish_non_exhaustive()
@@ -210,6 +215,7 @@ impl Default for AgentConfig {
             guard_rules_file: None,
             key_store: KeyStoreChoice::Auto,
             owner_email: None,
+            team: None,
             server: None,
             discovery: DiscoveryConfig::default(),
         }
@@ -284,6 +290,13 @@ impl AgentConfig {
         }
         if self.spool_max_bytes < 1024 * 1024 {
             problems.push("spool_max_bytes must be at least 1 MiB".into());
+        }
+        if let Some(t) = &self.team {
+            if t.trim().is_empty() || t.len() > MAX_TEAM_LEN || t.chars().any(char::is_control) {
+                problems.push(format!(
+                    "team = {t:?}: must be 1 to {MAX_TEAM_LEN} bytes with no control characters"
+                ));
+            }
         }
         for (host, addr) in &self.host_overrides {
             if palisade_core::HostPattern::parse(host).is_err() {
@@ -388,6 +401,24 @@ mod tests {
         assert_eq!(c.owner_email.as_deref(), Some("b@x.com"));
         assert_eq!(c.host_overrides.len(), 2);
         assert_eq!(c.override_for("API.OPENAI.COM").unwrap().port(), 1);
+    }
+
+    #[test]
+    fn team_comes_from_the_managed_file_and_is_validated() {
+        let d = tempfile::tempdir().unwrap();
+        let f = write(d.path(), "agent.toml", "team = \"sales\"\n");
+        let m = write(d.path(), "managed.toml", "team = \"legal\"\n");
+        let c = AgentConfig::load(Some(&f), Some(&m)).unwrap();
+        assert_eq!(c.team.as_deref(), Some("legal"), "the MDM value wins");
+        for bad in ["team = \"  \"\n", "team = \"a\\nb\"\n"] {
+            let e = AgentConfig::load(Some(&write(d.path(), "bad.toml", bad)), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("team = ") && e.contains("control characters"), "{e}");
+        }
+        let long = format!("team = \"{}\"\n", "t".repeat(MAX_TEAM_LEN + 1));
+        let e = AgentConfig::load(Some(&write(d.path(), "long.toml", &long)), None).unwrap_err();
+        assert!(e.to_string().contains("team = "), "{e}");
     }
 
     #[test]

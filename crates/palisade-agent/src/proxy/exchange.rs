@@ -3,22 +3,30 @@
 //!
 //! The response body is wrapped in [`RecordingBody`], which hands every frame
 //! to the client the moment it arrives and lets a parser watch a *copy* of it.
+//! Only when a response guardrail can block (or an MCP stream is scanned)
+//! does a [`StreamGate`] sit in the path: it forwards complete SSE events
+//! and ends the stream with an error event in the provider's shape at the
+//! first event that completes a blocking match.
 //! A record is written however the exchange ends: completed, upstream reset,
-//! or client gone (the body is dropped). Parsing, pricing and attribution
-//! happen off the forwarding path, in a spawned task.
+//! blocked, or client gone (the body is dropped). Parsing, pricing and
+//! attribution happen off the forwarding path, in a spawned task. A record
+//! must never hold a value a guardrail matched: captured text is masked.
 
 use crate::attribution::Attributor;
+use crate::proxy::response_guard::{self, McpCall, StreamGate};
 use crate::proxy::upstream::{BoxError, ProxyBody};
 use crate::proxy::{ActivePolicy, ClientConn, ProxyState};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body::{Body, Frame, SizeHint};
+use palisade_core::policy::CaptureSubject;
 use palisade_core::{
-    AppRef, AuditEvent, CaptureMode, EventKind, Finding, Interaction, PolicyRef, RequestCapture,
-    ResponseCapture, Timing, UserRef,
+    AppRef, AuditEvent, CaptureMode, EventKind, Finding, Interaction, PolicyRef, RecordDecision,
+    RequestCapture, ResponseCapture, Timing, UserRef,
 };
 use palisade_providers::{BodyDecoder, Endpoint, ParsedResponse, StreamParser};
 use std::net::SocketAddr;
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -133,9 +141,28 @@ pub struct Exchange {
     pub status: Option<u16>,
     pub ttfb_ms: Option<u64>,
     pub error: Option<String>,
+    /// Set when this is MCP traffic (an `mcp` host, or a JSON-RPC
+    /// `tools/call` body): guardrails read JSON-RPC, refusals are JSON-RPC.
+    pub mcp: Option<McpCall>,
 }
 
 impl Exchange {
+    /// The endpoint name guardrails and the record use: `mcp` for MCP traffic.
+    pub fn endpoint_name(&self) -> &'static str {
+        if self.mcp.is_some() {
+            "mcp"
+        } else {
+            self.ep.name
+        }
+    }
+
+    /// The record says a response guardrail held the response back.
+    pub fn mark_response_blocked(&mut self, rule: &str) {
+        self.policy.decision = RecordDecision::Block;
+        self.policy.rule = Some(rule.to_string());
+        self.error = Some(response_guard::block_error(rule));
+    }
+
     /// Finish with no response body (refused, upstream failed, websocket).
     pub fn finish_without_body(self, error: Option<String>) {
         let resp = ResponseData {
@@ -157,6 +184,20 @@ pub struct ResponseData {
     pub error: Option<String>,
     pub decode_error: Option<String>,
     pub sse_garbage: u64,
+    /// Response findings already computed on the way (MCP streams).
+    pub findings: Option<Vec<Finding>>,
+    /// The response rule that held the response back.
+    pub blocked: Option<String>,
+    /// Why the response was inspected less well than usual.
+    pub guard_note: Option<String>,
+}
+
+/// Whether a response is a stream (SSE, or a path that streams JSON).
+pub fn is_stream(content_type: Option<&str>, ep: &Endpoint) -> bool {
+    content_type
+        .map(|c| c.to_ascii_lowercase().starts_with("text/event-stream"))
+        .unwrap_or(false)
+        || ep.stream_from_path
 }
 
 /// Watches response bytes pass.
@@ -166,6 +207,7 @@ pub struct ResponseTap {
     stream: Option<StreamParser>,
     data: ResponseData,
     cap: usize,
+    gate: Option<StreamGate>,
 }
 
 impl ResponseTap {
@@ -181,11 +223,7 @@ impl ResponseTap {
                 }
             },
         };
-        let is_stream = content_type
-            .map(|c| c.to_ascii_lowercase().starts_with("text/event-stream"))
-            .unwrap_or(false)
-            || ex.ep.stream_from_path;
-        let stream = is_stream.then(|| StreamParser::new(&ex.ep));
+        let stream = is_stream(content_type, &ex.ep).then(|| StreamParser::new(&ex.ep));
         let cap = ex.state.capture_max_bytes;
         Self {
             ex: Some(ex),
@@ -193,15 +231,37 @@ impl ResponseTap {
             stream,
             data,
             cap,
+            gate: None,
         }
     }
 
-    fn on_data(&mut self, chunk: &[u8]) {
-        if self.data.bytes == 0 {
-            if let Some(ex) = self.ex.as_mut() {
+    /// Put a gate in the path. The tap then sees the gate's plain output,
+    /// so it must have been created without an encoding.
+    pub fn with_gate(mut self, gate: Option<StreamGate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Note the first byte from upstream (when it was not already noted).
+    pub fn first_byte(&mut self) {
+        if let Some(ex) = self.ex.as_mut() {
+            if ex.ttfb_ms.is_none() {
                 ex.ttfb_ms = Some(ex.started.elapsed().as_millis() as u64);
             }
         }
+    }
+
+    /// The response was held back by `rule`.
+    pub fn block(&mut self, rule: &str) {
+        if let Some(ex) = self.ex.as_mut() {
+            ex.mark_response_blocked(rule);
+        }
+        self.data.blocked = Some(rule.to_string());
+    }
+
+    /// Account for response bytes (as sent to the client) and watch a copy.
+    pub fn on_data(&mut self, chunk: &[u8]) {
+        self.first_byte();
         self.data.bytes += chunk.len() as u64;
         if self.data.decode_error.is_some() {
             return;
@@ -235,8 +295,14 @@ impl ResponseTap {
         }
     }
 
-    fn finish(&mut self, error: Option<String>) {
+    /// Write the record (once; later calls do nothing).
+    pub fn finish(&mut self, error: Option<String>) {
         let Some(ex) = self.ex.take() else { return };
+        if let Some(g) = self.gate.as_mut() {
+            let (findings, note) = g.outcome();
+            self.data.findings = findings;
+            self.data.guard_note = note;
+        }
         if error.is_none() {
             if let Some(d) = self.decoder.as_mut() {
                 match d.finish() {
@@ -258,15 +324,76 @@ impl ResponseTap {
     }
 }
 
-/// The response body handed to the client: forwards frames as they arrive.
+/// The response body handed to the client: forwards frames as they arrive
+/// (through the tap's gate, when there is one).
 pub struct RecordingBody {
-    inner: hyper::body::Incoming,
+    inner: ProxyBody,
     tap: ResponseTap,
+    /// Frames to hand out before polling upstream again (gate output).
+    queue: VecDeque<Result<Frame<Bytes>, BoxError>>,
+    /// Nothing more comes from upstream: drain `queue`, then end.
+    ended: bool,
 }
 
 impl RecordingBody {
     pub fn new(inner: hyper::body::Incoming, tap: ResponseTap) -> Self {
-        Self { inner, tap }
+        Self::from_body(
+            http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                inner,
+                |e| -> BoxError { Box::new(e) },
+            )),
+            tap,
+        )
+    }
+
+    /// Wrap any body (a held response replayed, for instance).
+    pub fn from_body(inner: ProxyBody, tap: ResponseTap) -> Self {
+        Self {
+            inner,
+            tap,
+            queue: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// Apply one gate step: queue what may pass, and end on a block.
+    fn gate_step(&mut self, step: Result<response_guard::GateStep, String>) {
+        match step {
+            Ok(step) => {
+                if !step.forward.is_empty() {
+                    self.tap.on_data(&step.forward);
+                    self.queue.push_back(Ok(Frame::data(step.forward)));
+                }
+                if let Some(rule) = step.block {
+                    self.tap.block(&rule);
+                    let last = self.tap.gate.as_ref().and_then(|g| g.error_event(&rule));
+                    self.queue.push_back(match last {
+                        Some(event) => Ok(Frame::data(event)),
+                        None => Err(response_guard::block_error(&rule).into()),
+                    });
+                    self.tap.finish(None);
+                    self.ended = true;
+                }
+            }
+            Err(msg) => {
+                tracing::warn!(error = %msg, "Response stream cannot be inspected; ended");
+                self.tap.finish(Some(msg.clone()));
+                self.queue.push_back(Err(msg.into()));
+                self.ended = true;
+            }
+        }
+    }
+
+    fn gate_end(&mut self) {
+        let step = match self.tap.gate.as_mut() {
+            Some(g) => g.finish(),
+            None => Ok(Default::default()),
+        };
+        self.gate_step(step);
+        if !self.ended {
+            self.tap.finish(None);
+            self.ended = true;
+        }
     }
 }
 
@@ -279,45 +406,81 @@ impl Body for RecordingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.tap.on_data(d);
+        loop {
+            if let Some(item) = this.queue.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let gated = this.tap.gate.is_some();
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) if gated => {
+                    match frame.into_data() {
+                        Ok(d) => {
+                            this.tap.first_byte();
+                            let step = this.tap.gate.as_mut().map(|g| g.feed(&d));
+                            if let Some(step) = step {
+                                this.gate_step(step);
+                            }
+                        }
+                        // Trailers pass as they are.
+                        Err(other) => this.queue.push_back(Ok(other)),
+                    }
+                    if !this.ended && this.inner.is_end_stream() {
+                        this.gate_end();
+                    }
                 }
-                // hyper stops polling once the body says it has ended.
-                if this.inner.is_end_stream() {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.tap.on_data(d);
+                    }
+                    // hyper stops polling once the body says it has ended.
+                    if this.inner.is_end_stream() {
+                        this.tap.finish(None);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let msg = format!(
+                        "upstream stream interrupted: {}",
+                        crate::proxy::error::chain(&*e)
+                    );
+                    this.tap.finish(Some(msg));
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) if gated => this.gate_end(),
+                Poll::Ready(None) => {
                     this.tap.finish(None);
+                    this.ended = true;
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let msg = format!(
-                    "upstream stream interrupted: {}",
-                    crate::proxy::error::chain(&e)
-                );
-                this.tap.finish(Some(msg));
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.tap.finish(None);
-                Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        if self.tap.gate.is_some() {
+            self.ended && self.queue.is_empty()
+        } else {
+            self.inner.is_end_stream()
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.tap.gate.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 
 impl Drop for RecordingBody {
     fn drop(&mut self) {
-        if self.inner.is_end_stream() {
+        if self.ended || (self.tap.gate.is_none() && self.inner.is_end_stream()) {
             self.tap.finish(None);
         } else {
             // Still unfinished: the client went away before the response ended.
@@ -425,29 +588,56 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
             )
         });
 
-    // Responses are scanned as they were received; findings only.
+    // Responses are scanned with the response actions; findings only here
+    // (holding back happened on the way, if a response rule blocks).
     let mut findings = ex.findings.clone();
-    if let Some(text) = &presp.text {
-        let (f, _) = ex.active.guard.inspect_response_text(text);
-        findings.extend(f);
+    let response_guard = &ex.active.response_guard;
+    let mcp_response = ex.mcp.is_some().then(|| mcp_result_text(&resp.body)).flatten();
+    let response_findings = match (&resp.findings, &ex.mcp) {
+        (Some(f), _) => f.clone(),
+        (None, Some(_)) if !resp.truncated => response_guard.inspect_mcp_response(&resp.body).0,
+        (None, Some(_)) => Vec::new(),
+        (None, None) => presp
+            .text
+            .as_ref()
+            .map(|t| response_guard.inspect_response_text(t).0)
+            .unwrap_or_default(),
+    };
+    response_guard::merge(&mut findings, response_findings);
+    if let Some(rule) = &resp.blocked {
+        response_guard::ensure_block_finding(&mut findings, rule);
     }
+    if let Some(note) = &resp.guard_note {
+        errors.push(note.clone());
+    }
+    // MCP calls: the tool call's params stand in for the prompt, the result
+    // for the response text.
+    let (req_text, resp_text) = match &ex.mcp {
+        Some(_) => (mcp_params_text(&req_plain), mcp_response),
+        None => (preq.prompt.clone(), presp.text.clone()),
+    };
     // A matched value never reaches a record: captured text is always masked
     // with the same placeholders the request would get.
-    let (prompt, text) = match ex.active.capture {
+    let capture = ex.active.capture_for(CaptureSubject {
+        user_email: state.owner_email.as_deref(),
+        device_id: Some(&state.device.id),
+        team: state.team.as_deref(),
+    });
+    let (prompt, text) = match capture {
         CaptureMode::Metadata => (None, None),
         CaptureMode::Full | CaptureMode::Redacted => {
             let mut r = palisade_guard::Redactor::new();
             let mut mask = |t: &Option<String>| {
                 t.as_ref().map(|t| ex.active.guard.redact(t, &mut r).0)
             };
-            (mask(&preq.prompt), mask(&presp.text))
+            (mask(&req_text), mask(&resp_text))
         }
     };
 
     let interaction = Interaction {
         provider: ex.ep.provider.clone(),
         host: ex.host.clone(),
-        endpoint: ex.ep.name.to_string(),
+        endpoint: ex.endpoint_name().to_string(),
         model,
         stream: preq.stream || ex.ep.stream_from_path,
         request: RequestCapture {
@@ -497,4 +687,27 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
     ev.app = Some(app);
     ev.interaction = Some(interaction);
     ev
+}
+
+/// The `params` of a JSON-RPC request (or batch), as compact JSON.
+fn mcp_params_text(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let params = match &v {
+        serde_json::Value::Array(batch) => {
+            serde_json::Value::Array(batch.iter().filter_map(|m| m.get("params").cloned()).collect())
+        }
+        m => m.get("params")?.clone(),
+    };
+    Some(params.to_string())
+}
+
+/// The `result` (or `error`) of a JSON-RPC response body, as compact JSON.
+fn mcp_result_text(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let pick = |m: &serde_json::Value| m.get("result").or_else(|| m.get("error")).cloned();
+    let out = match &v {
+        serde_json::Value::Array(batch) => serde_json::Value::Array(batch.iter().filter_map(pick).collect()),
+        m => pick(m)?,
+    };
+    Some(out.to_string())
 }

@@ -7,7 +7,8 @@
 //! must write a record however an exchange ends.
 
 use crate::proxy::error::{ErrorSource, ProxyError};
-use crate::proxy::exchange::{Exchange, RecordingBody, ResponseTap};
+use crate::proxy::exchange::{is_stream, Exchange, RecordingBody, ResponseTap};
+use crate::proxy::response_guard::{self, McpCall, Speaker, StreamGate};
 use crate::proxy::upstream::{connect_tls_h1, BoxError, ProxyBody};
 use crate::proxy::{empty, full, ClientConn, ProxyState};
 use bytes::Bytes;
@@ -228,6 +229,7 @@ async fn forward(
         status: None,
         ttfb_ms: None,
         error: None,
+        mcp: None,
     };
 
     // A denied (or, when pending means block, unapproved) app is refused
@@ -269,6 +271,12 @@ async fn forward(
     ex.req_truncated = rest.is_some();
     ex.req_body = captured.clone();
 
+    // MCP over HTTP: an `mcp` host, or a JSON-RPC tool call to any
+    // intercepted host. Guardrails then read JSON-RPC.
+    if target.provider == MCP_PROVIDER || rest.is_none() {
+        ex.mcp = mcp_call(&ex, &captured, target.provider == MCP_PROVIDER);
+    }
+
     // Guardrails see the whole body before a byte of it leaves.
     let mut captured = captured;
     if rest.is_some() {
@@ -282,9 +290,9 @@ async fn forward(
             GuardOutcome::Replace(body) => captured = body,
             GuardOutcome::Refuse(msg) => {
                 ex.status = Some(StatusCode::FORBIDDEN.as_u16());
-                let format = ex.ep.format;
+                let refusal = refusal(&ex, StatusCode::FORBIDDEN, &msg);
                 ex.finish_without_body(None);
-                return provider_error(format, StatusCode::FORBIDDEN, &msg);
+                return refusal;
             }
         }
     }
@@ -346,12 +354,210 @@ async fn forward(
     ex.status = Some(resp.status().as_u16());
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let tap = ResponseTap::new(
-        ex,
-        header_str(&parts.headers, header::CONTENT_TYPE).as_deref(),
-        header_str(&parts.headers, header::CONTENT_ENCODING).as_deref(),
-    );
+    respond(ex, parts, body).await
+}
+
+/// Provider id that marks an `ai_hosts` entry as an MCP server.
+pub const MCP_PROVIDER: &str = "mcp";
+
+/// The JSON-RPC call in a request, if this is MCP traffic. On an `mcp` host
+/// every request is MCP (a GET that opens an event stream too).
+fn mcp_call(ex: &Exchange, captured: &Bytes, mcp_host: bool) -> Option<McpCall> {
+    let decoded;
+    let plain: &[u8] = match ex.req_encoding.as_deref() {
+        None => captured,
+        Some(enc) => {
+            decoded = palisade_providers::BodyDecoder::new(Some(enc))
+                .and_then(|mut d| {
+                    let mut v = d.feed(captured)?;
+                    v.extend(d.finish()?);
+                    Ok(v)
+                })
+                .unwrap_or_default();
+            &decoded
+        }
+    };
+    if mcp_host {
+        Some(McpCall::parse(plain).unwrap_or(McpCall {
+            id: serde_json::Value::Null,
+            method: None,
+        }))
+    } else {
+        McpCall::tool_call(plain)
+    }
+}
+
+/// A refusal in the caller's own format: JSON-RPC for MCP, else the provider's.
+fn refusal(ex: &Exchange, status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    match &ex.mcp {
+        Some(call) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-palisade-error", "1")
+            .body(full(call.error_body(msg).to_string()))
+            .expect("valid response"),
+        None => provider_error(ex.ep.format, status, msg),
+    }
+}
+
+/// Hand the upstream response to the client. With no response rule that can
+/// block, frames pass as they arrive (a tap watches a copy). Otherwise a
+/// whole response is held and judged before it is released, and a stream
+/// goes through a [`StreamGate`]. MCP streams always go through a gate
+/// (scan only, unless a rule blocks) because their findings are per event.
+async fn respond(
+    mut ex: Exchange,
+    mut parts: http::response::Parts,
+    body: Incoming,
+) -> Response<ProxyBody> {
+    let ctype = header_str(&parts.headers, header::CONTENT_TYPE);
+    let enc = header_str(&parts.headers, header::CONTENT_ENCODING);
+    let g = &ex.active.guardrails;
+    let (can_block, scans) = (g.response_can_block(), g.enabled && g.scan_responses);
+    let streamed = is_stream(ctype.as_deref(), &ex.ep);
+    if can_block && !streamed {
+        return hold_whole(ex, parts, body, ctype, enc).await;
+    }
+    let mut gate = None;
+    if streamed && (can_block || (ex.mcp.is_some() && scans)) {
+        let speaker = match &ex.mcp {
+            Some(call) => Speaker::Mcp(call.clone()),
+            None => Speaker::Ai {
+                format: ex.ep.format,
+                endpoint: ex.ep.name,
+            },
+        };
+        match StreamGate::new(ex.active.response_guard.clone(), speaker, can_block, enc.as_deref()) {
+            Ok(g) => {
+                if g.decodes() {
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                }
+                // The gate may end the stream early or add an error event.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                gate = Some(g);
+            }
+            Err(e) => {
+                warn!(host = %ex.host, error = %e, "Response stream passes uninspected");
+                ex.guard_skipped = Some(format!("response not inspected: {e}"));
+            }
+        }
+    }
+    let tap_enc = if gate.is_some() { None } else { enc.as_deref() };
+    let tap = ResponseTap::new(ex, ctype.as_deref(), tap_enc).with_gate(gate);
     Response::from_parts(parts, RecordingBody::new(body, tap).into())
+}
+
+/// Hold a whole (non-streamed) response, judge it with the response rules,
+/// then release the original bytes untouched or answer 403 naming the rule.
+/// Over the capture cap it is released uninspected, as requests are.
+async fn hold_whole(
+    mut ex: Exchange,
+    parts: http::response::Parts,
+    mut body: Incoming,
+    ctype: Option<String>,
+    enc: Option<String>,
+) -> Response<ProxyBody> {
+    let cap = ex.state.capture_max_bytes;
+    let mut held = bytes::BytesMut::new();
+    let mut rest = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                let msg = format!("upstream stream interrupted: {}", crate::proxy::error::chain(&e));
+                warn!(host = %ex.host, error = %msg, "Upstream failed while its response was held");
+                ex.error = Some(msg.clone());
+                ex.status = Some(StatusCode::BAD_GATEWAY.as_u16());
+                let refusal = refusal(&ex, StatusCode::BAD_GATEWAY, &msg);
+                ex.finish_without_body(None);
+                return refusal;
+            }
+            Some(Ok(f)) => {
+                if ex.ttfb_ms.is_none() {
+                    ex.ttfb_ms = Some(ex.started.elapsed().as_millis() as u64);
+                }
+                // Trailers on a plain JSON response carry nothing we keep.
+                if let Ok(d) = f.into_data() {
+                    held.extend_from_slice(&d);
+                    if held.len() > cap {
+                        rest = Some(body);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let held = held.freeze();
+    let verdict = match &rest {
+        Some(_) => Err(format!(
+            "response larger than the capture cap ({cap} bytes) is not inspected"
+        )),
+        None => judge_whole(&ex, &held, enc.as_deref()),
+    };
+    match verdict {
+        Err(why) => ex.guard_skipped = Some(why),
+        Ok(Some(rule)) => {
+            let msg = response_guard::block_message(&rule);
+            ex.mark_response_blocked(&rule);
+            ex.status = Some(StatusCode::FORBIDDEN.as_u16());
+            let answer = refusal(&ex, StatusCode::FORBIDDEN, &msg);
+            // The record keeps what upstream said (usage, masked text).
+            let mut tap = ResponseTap::new(ex, ctype.as_deref(), enc.as_deref());
+            tap.on_data(&held);
+            tap.block(&rule);
+            tap.finish(None);
+            return answer;
+        }
+        Ok(None) => {}
+    }
+    let tap = ResponseTap::new(ex, ctype.as_deref(), enc.as_deref());
+    let head = stream::iter([Ok::<_, BoxError>(Frame::data(held))]);
+    let replay: ProxyBody = match rest {
+        None => StreamBody::new(head).boxed_unsync(),
+        Some(rest) => {
+            let tail = futures_util::StreamExt::map(http_body_util::BodyStream::new(rest), |r| {
+                r.map_err(|e| -> BoxError { Box::new(e) })
+            });
+            StreamBody::new(futures_util::StreamExt::chain(head, tail)).boxed_unsync()
+        }
+    };
+    Response::from_parts(parts, RecordingBody::from_body(replay, tap).into())
+}
+
+/// The response rule a whole response trips, if any; `Err` when it cannot
+/// be inspected (it is then released and the record says why).
+fn judge_whole(ex: &Exchange, held: &[u8], enc: Option<&str>) -> Result<Option<String>, String> {
+    let decoded;
+    let plain: &[u8] = match enc {
+        None => held,
+        Some(enc) => {
+            decoded = palisade_providers::BodyDecoder::new(Some(enc))
+                .and_then(|mut d| {
+                    let mut v = d.feed(held)?;
+                    v.extend(d.finish()?);
+                    Ok(v)
+                })
+                .map_err(|e| format!("response not inspected: cannot decode {enc}: {e}"))?;
+            &decoded
+        }
+    };
+    let guard = &ex.active.response_guard;
+    let (_, block) = match &ex.mcp {
+        Some(_) => guard.inspect_mcp_response(plain),
+        None => {
+            let status = ex.status.unwrap_or(0);
+            if ex.ep.is_known() {
+                match palisade_providers::parse_response(&ex.ep, status, plain).text {
+                    Some(text) => guard.inspect_response_text(&text),
+                    None => Default::default(),
+                }
+            } else {
+                // An endpoint we cannot read: scan the body as text.
+                guard.inspect_response_text(&String::from_utf8_lossy(plain))
+            }
+        }
+    };
+    Ok(block)
 }
 
 enum GuardOutcome {
@@ -382,7 +588,7 @@ fn guard_request(ex: &mut Exchange, headers: &mut HeaderMap, body: &Bytes) -> Gu
             }
         }
     };
-    let verdict = ex.active.guard.inspect_request(ex.ep.name, plain);
+    let verdict = ex.active.guard.inspect_request(ex.endpoint_name(), plain);
     ex.findings = verdict.findings.clone();
     ex.guard_skipped = verdict.skipped.clone();
     if let Some(e) = &verdict.error {
@@ -616,6 +822,7 @@ fn record_failure(state: &Arc<ProxyState>, conn: &Arc<ClientConn>, host: &str, p
         status: None,
         ttfb_ms: None,
         error: Some(msg),
+        mcp: None,
     };
     ex.finish_without_body(None);
 }

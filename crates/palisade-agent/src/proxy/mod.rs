@@ -14,6 +14,7 @@ pub mod error;
 pub mod exchange;
 pub mod intercept;
 pub mod pac;
+pub mod response_guard;
 pub mod upstream;
 
 use crate::attribution::Attributor;
@@ -39,6 +40,8 @@ use upstream::{BoxError, Dialer, ProxyBody, UpstreamClient};
 pub struct ActivePolicy {
     pub policy: Policy,
     pub guard: palisade_guard::Guard,
+    /// The same detectors with the policy's response actions.
+    pub response_guard: Arc<palisade_guard::Guard>,
 }
 
 impl std::ops::Deref for ActivePolicy {
@@ -90,11 +93,13 @@ impl PolicyHandle {
 }
 
 fn compile(policy: Policy, gitleaks: Option<&str>) -> Result<ActivePolicy, palisade_guard::GuardError> {
-    let guard = match gitleaks {
-        Some(t) => palisade_guard::Guard::with_gitleaks_toml(&policy.guardrails, t)?,
-        None => palisade_guard::Guard::new(&policy.guardrails)?,
+    let build = |g: &palisade_core::policy::Guardrails| match gitleaks {
+        Some(t) => palisade_guard::Guard::with_gitleaks_toml(g, t),
+        None => palisade_guard::Guard::new(g),
     };
-    Ok(ActivePolicy { policy, guard })
+    let guard = build(&policy.guardrails)?;
+    let response_guard = Arc::new(build(&policy.guardrails.for_responses())?);
+    Ok(ActivePolicy { policy, guard, response_guard })
 }
 
 /// Counters exposed for tests, `palisade status` and benchmarks.
@@ -121,6 +126,8 @@ pub struct ProxyState {
     pub catalog: Arc<palisade_discovery::Catalog>,
     pub device: DeviceRef,
     pub owner_email: Option<String>,
+    /// The device's team (MDM-managed), for per-team capture overrides.
+    pub team: Option<String>,
     pub capture_max_bytes: usize,
     /// How long a client may stay silent mid-request before we give up.
     pub client_idle_timeout: Duration,
