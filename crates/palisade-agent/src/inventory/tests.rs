@@ -328,9 +328,7 @@ async fn policy_handle_notifies_on_set_only() {
     let h = crate::proxy::PolicyHandle::new(palisade_core::Policy::default(), None).unwrap();
     let mut rx = h.subscribe();
     assert!(!rx.has_changed().unwrap());
-    let mut p = palisade_core::Policy::default();
-    p.version = 7;
-    h.set(p).unwrap();
+    h.set(palisade_core::Policy { version: 7, ..Default::default() }).unwrap();
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 1);
     // A policy whose guardrails do not compile is refused and not announced.
