@@ -285,7 +285,12 @@ pub fn print_banner(out: &mut impl Write, b: &Banner) -> std::io::Result<()> {
     }
     writeln!(out)?;
     writeln!(out, "See what was recorded:")?;
-    writeln!(out, "  curl -H \"Authorization: Bearer $PALISADE_ADMIN_TOKEN\" {api}events")?;
+    writeln!(
+        out,
+        "  palisade events --spool {} --format jsonl      # on this device, before upload",
+        b.data_dir.join("agent").join("spool.db").display()
+    )?;
+    writeln!(out, "  curl -H \"Authorization: Bearer $PALISADE_ADMIN_TOKEN\" {api}events   # in the control plane")?;
     writeln!(out)?;
     writeln!(out, "Press Ctrl-C to stop.")?;
     Ok(())
