@@ -595,3 +595,21 @@ async fn plain_http_forward_proxying_records_ai_hosts_and_passes_others() {
     assert!(i.usage.output_tokens.is_some());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn tunnel_to_an_unreachable_destination_gets_a_502_saying_why() {
+    let h = Harness::start().await;
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let head = read_head(&mut r).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let mut body = vec![0u8; 200];
+    let n = r.read(&mut body).await.unwrap();
+    assert!(String::from_utf8_lossy(&body[..n]).contains("cannot connect"), "{}", String::from_utf8_lossy(&body[..n]));
+    h.stop().await;
+}

@@ -203,7 +203,7 @@ async fn handle(
     conn: Arc<ClientConn>,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
-        return connect(req, state, conn);
+        return connect(req, state, conn).await;
     }
     if req.uri().scheme().is_some() {
         return intercept::forward_plain(req, state, conn).await;
@@ -231,7 +231,7 @@ fn authority(req: &Request<Incoming>) -> Option<(String, u16)> {
     Some((auth.host().to_string(), auth.port_u16().unwrap_or(443)))
 }
 
-fn connect(
+async fn connect(
     req: Request<Incoming>,
     state: Arc<ProxyState>,
     conn: Arc<ClientConn>,
@@ -258,6 +258,18 @@ fn connect(
             );
         }
     }
+    // A blind tunnel dials first, so an unreachable destination gets a 502
+    // that says why instead of a 200 and a dead connection.
+    let upstream = match provider {
+        Some(_) => None,
+        None => match state.dialer.connect(&host, port).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                debug!(error = %e.message, host, port, "Tunnel connect failed");
+                return e.into();
+            }
+        },
+    };
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -266,16 +278,17 @@ fn connect(
                 return;
             }
         };
-        match provider {
-            Some(provider) => {
+        match (provider, upstream) {
+            (Some(provider), _) => {
                 state.stats.intercepted.fetch_add(1, Ordering::Relaxed);
                 intercept::intercept(TokioIo::new(upgraded), host, port, provider, state, conn)
                     .await
             }
-            None => {
+            (None, Some(upstream)) => {
                 state.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-                tunnel(TokioIo::new(upgraded), &host, port, &state).await
+                tunnel(TokioIo::new(upgraded), upstream, &host, port).await
             }
+            (None, None) => {}
         }
     });
     Response::new(empty())
@@ -284,17 +297,10 @@ fn connect(
 /// A blind tunnel: bytes both ways, never decrypted, never parsed.
 async fn tunnel(
     mut client: TokioIo<hyper::upgrade::Upgraded>,
+    mut upstream: TcpStream,
     host: &str,
     port: u16,
-    state: &ProxyState,
 ) {
-    let mut upstream = match state.dialer.connect(host, port).await {
-        Ok(s) => s,
-        Err(error) => {
-            debug!(%error, host, port, "Tunnel connect failed");
-            return;
-        }
-    };
     if let Err(error) =
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024)
             .await
