@@ -171,6 +171,14 @@ fn sse(event: Option<&str>, data: &Value) -> Vec<u8> {
 /// events, or for Gemini without `alt=sse` the pieces of a JSON array.
 /// `include_usage` mirrors OpenAI's `stream_options.include_usage`.
 pub fn stream_chunks(route: &Route, model: &str, include_usage: bool) -> Vec<Vec<u8>> {
+    stream_chunks_with(route, model, include_usage, TEXT_PIECES)
+}
+
+/// As [`stream_chunks`], streaming `pieces` as the assistant text (one
+/// text event per piece).
+pub fn stream_chunks_with(route: &Route, model: &str, include_usage: bool, pieces: &[&str]) -> Vec<Vec<u8>> {
+    let text: String = pieces.concat();
+    let text = text.as_str();
     let mut out = Vec::new();
     match route {
         Route::ChatCompletions => {
@@ -180,7 +188,7 @@ pub fn stream_chunks(route: &Route, model: &str, include_usage: bool) -> Vec<Vec
                     "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
             };
             out.push(sse(None, &chunk(json!({"role": "assistant", "content": ""}), Value::Null)));
-            for p in TEXT_PIECES {
+            for p in pieces {
                 out.push(sse(None, &chunk(json!({"content": p}), Value::Null)));
             }
             out.push(sse(None, &chunk(json!({}), json!("stop"))));
@@ -207,13 +215,13 @@ pub fn stream_chunks(route: &Route, model: &str, include_usage: bool) -> Vec<Vec
                 "type": "message", "status": "in_progress", "role": "assistant", "content": []}})));
             out.push(ev("response.content_part.added", json!({"item_id": "msg_fake_0001", "output_index": 0,
                 "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
-            for p in TEXT_PIECES {
+            for p in pieces {
                 out.push(ev("response.output_text.delta", json!({"item_id": "msg_fake_0001", "output_index": 0,
                     "content_index": 0, "delta": p})));
             }
             out.push(ev("response.output_text.done", json!({"item_id": "msg_fake_0001", "output_index": 0,
-                "content_index": 0, "text": TEXT})));
-            out.push(ev("response.completed", json!({"response": responses_object(model, TEXT, "completed", responses_usage())})));
+                "content_index": 0, "text": text})));
+            out.push(ev("response.completed", json!({"response": responses_object(model, text, "completed", responses_usage())})));
         }
         Route::Embeddings => out.push(response_body(route, model, "").to_string().into_bytes()),
         Route::Messages => {
@@ -225,7 +233,7 @@ pub fn stream_chunks(route: &Route, model: &str, include_usage: bool) -> Vec<Vec
             out.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 0,
                 "content_block": {"type": "text", "text": ""}})));
             out.push(sse(Some("ping"), &json!({"type": "ping"})));
-            for p in TEXT_PIECES {
+            for p in pieces {
                 out.push(sse(Some("content_block_delta"), &json!({"type": "content_block_delta", "index": 0,
                     "delta": {"type": "text_delta", "text": p}})));
             }
@@ -235,8 +243,8 @@ pub fn stream_chunks(route: &Route, model: &str, include_usage: bool) -> Vec<Vec
             out.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
         }
         Route::Gemini { sse: alt_sse, .. } => {
-            let n = TEXT_PIECES.len();
-            let chunks: Vec<Value> = TEXT_PIECES
+            let n = pieces.len();
+            let chunks: Vec<Value> = pieces
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
@@ -302,4 +310,31 @@ pub fn error_body(route: Option<&Route>, status: u16, message: &str) -> Value {
             json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
         }
     }
+}
+
+/// The fake MCP server's answer to one JSON-RPC request: `tools/call`
+/// echoes the tool's arguments (as JSON text) in a text content item, or
+/// `result_text` when given; `initialize` and `tools/list` get minimal
+/// results; anything else is "method not found". `None` for a notification.
+pub fn mcp_response(request: &Value, result_text: Option<&str>) -> Option<Value> {
+    let id = request.get("id")?.clone();
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    let result = match method {
+        "initialize" => json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+            "serverInfo": {"name": "fake-mcp", "version": "1.0.0"}}),
+        "tools/list" => json!({"tools": [{"name": "echo", "description": "Echo the arguments",
+            "inputSchema": {"type": "object"}}]}),
+        "tools/call" => {
+            let text = match result_text {
+                Some(t) => t.to_string(),
+                None => request.pointer("/params/arguments").cloned().unwrap_or(Value::Null).to_string(),
+            };
+            json!({"content": [{"type": "text", "text": text}], "isError": false})
+        }
+        _ => {
+            return Some(json!({"jsonrpc": "2.0", "id": id,
+                "error": {"code": -32601, "message": format!("Method not found: {method}")}}))
+        }
+    };
+    Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))
 }

@@ -11,9 +11,13 @@
 //! - `x-fake-body-bytes: N`: a non-streaming body of exactly N bytes (when N
 //!   is at least the size of the normal body);
 //! - `x-fake-garbage: 1`: interleave garbage lines (not SSE, broken JSON) in a stream;
+//! - `x-fake-text: a|b|c`: the assistant text, streamed as pieces `a`, `b`,
+//!   `c` (one event each) or answered whole; for `/mcp`, the tool result text;
+//! - `x-fake-mcp-sse: 1`: answer `/mcp` as an event stream;
 //! - any GET with `Upgrade: websocket`: 101, then raw byte echo.
 //!
-//! Unknown paths get a 404 JSON error. Test-only: it never listens beyond
+//! `POST /mcp` is a small MCP server (JSON-RPC 2.0): `tools/call` echoes its
+//! arguments (see [`canned::mcp_response`]). Unknown paths get a 404 JSON error. Test-only: it never listens beyond
 //! loopback and never prints request bodies.
 
 use crate::canned::{self, Route};
@@ -227,6 +231,8 @@ struct Controls {
     status: Option<u16>,
     body_bytes: Option<usize>,
     garbage: bool,
+    text: Option<Vec<String>>,
+    mcp_sse: bool,
 }
 
 impl Controls {
@@ -244,6 +250,11 @@ impl Controls {
             status: num("x-fake-status").and_then(|s| u16::try_from(s).ok()),
             body_bytes: num("x-fake-body-bytes").map(|n| n as usize),
             garbage: get("x-fake-garbage").is_some_and(|v| v != "0"),
+            text: headers
+                .get("x-fake-text")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split('|').map(str::to_string).collect()),
+            mcp_sse: get("x-fake-mcp-sse").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -272,6 +283,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
         });
     }
     let controls = Controls::from(&parts.headers);
+    if parts.method == Method::POST && path.split('?').next() == Some("/mcp") {
+        return Ok(mcp(&body, &controls));
+    }
     let route = (parts.method == Method::POST).then(|| Route::from_path(&path)).flatten();
     let Some(route) = route else {
         let msg = format!("Unknown request URL: {} {}", parts.method, path);
@@ -298,7 +312,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
     };
     if streaming && controls.body_bytes.is_none() {
         let include_usage = req_json.pointer("/stream_options/include_usage").and_then(|b| b.as_bool()) == Some(true);
-        let mut chunks = canned::stream_chunks(&route, &model, include_usage);
+        let mut chunks = match &controls.text {
+            Some(pieces) => {
+                let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                canned::stream_chunks_with(&route, &model, include_usage, &pieces)
+            }
+            None => canned::stream_chunks(&route, &model, include_usage),
+        };
         if controls.garbage {
             chunks = chunks
                 .into_iter()
@@ -314,8 +334,39 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
     if let Some(n) = controls.body_bytes {
         return Ok(padded_response(&route, &model, n, controls.encoding.as_deref()));
     }
-    let body = canned::response_body(&route, &model, canned::TEXT);
+    let text = controls.text.as_ref().map(|p| p.concat());
+    let body = canned::response_body(&route, &model, text.as_deref().unwrap_or(canned::TEXT));
     Ok(json_response(200, &body, controls.encoding.as_deref()))
+}
+
+/// The fake MCP server: JSON, or one event per answer with `x-fake-mcp-sse`.
+fn mcp(body: &[u8], controls: &Controls) -> Response<Body> {
+    let Ok(req) = serde_json::from_slice::<serde_json::Value>(body) else {
+        let err = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}});
+        return json_response(400, &err, None);
+    };
+    let text = controls.text.as_ref().map(|p| p.concat());
+    let answers: Vec<serde_json::Value> = match &req {
+        serde_json::Value::Array(batch) => batch.iter().filter_map(|m| canned::mcp_response(m, text.as_deref())).collect(),
+        m => canned::mcp_response(m, text.as_deref()).into_iter().collect(),
+    };
+    if answers.is_empty() {
+        return Response::builder().status(202).body(full(Bytes::new())).expect("valid response");
+    }
+    if controls.mcp_sse {
+        let events: String = answers.iter().map(|a| format!("event: message\ndata: {a}\n\n")).collect();
+        return Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(full(events))
+            .expect("valid response");
+    }
+    let out = match req {
+        serde_json::Value::Array(_) => serde_json::Value::Array(answers),
+        _ => answers.into_iter().next().unwrap_or(serde_json::Value::Null),
+    };
+    json_response(200, &out, None)
 }
 
 fn record(state: &State, req: &Request<Incoming>, body: Bytes, sni: &Option<String>) {

@@ -190,6 +190,9 @@ pub struct ResponseData {
     pub blocked: Option<String>,
     /// Why the response was inspected less well than usual.
     pub guard_note: Option<String>,
+    /// The status upstream answered when the client got another (a held
+    /// response that was refused); the body is parsed as upstream meant it.
+    pub upstream_status: Option<u16>,
 }
 
 /// Whether a response is a stream (SSE, or a path that streams JSON).
@@ -249,6 +252,11 @@ impl ResponseTap {
                 ex.ttfb_ms = Some(ex.started.elapsed().as_millis() as u64);
             }
         }
+    }
+
+    /// The client got another status than upstream's `status`.
+    pub fn upstream_status(&mut self, status: Option<u16>) {
+        self.data.upstream_status = status;
     }
 
     /// The response was held back by `rule`.
@@ -545,7 +553,7 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
     }
 
     // Response side.
-    let status = ex.status.unwrap_or(0);
+    let status = resp.upstream_status.or(ex.status).unwrap_or(0);
     let presp = match resp.parsed_stream {
         Some(p) => p,
         None if !resp.body.is_empty() && !resp.truncated => {

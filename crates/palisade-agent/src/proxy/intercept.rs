@@ -499,10 +499,11 @@ async fn hold_whole(
         Ok(Some(rule)) => {
             let msg = response_guard::block_message(&rule);
             ex.mark_response_blocked(&rule);
-            ex.status = Some(StatusCode::FORBIDDEN.as_u16());
+            let upstream_status = ex.status.replace(StatusCode::FORBIDDEN.as_u16());
             let answer = refusal(&ex, StatusCode::FORBIDDEN, &msg);
             // The record keeps what upstream said (usage, masked text).
             let mut tap = ResponseTap::new(ex, ctype.as_deref(), enc.as_deref());
+            tap.upstream_status(upstream_status);
             tap.on_data(&held);
             tap.block(&rule);
             tap.finish(None);

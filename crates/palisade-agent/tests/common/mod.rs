@@ -51,6 +51,11 @@ pub struct Options {
     /// (or enforce on) this machine's real homes.
     pub discovery: Option<palisade_agent::config::DiscoveryConfig>,
     pub discovery_options: Option<palisade_agent::inventory::DiscoveryOptions>,
+    /// More host names the fake answers for (certificate and host override),
+    /// e.g. an MCP server host that policy lists in `ai_hosts`.
+    pub extra_hosts: Vec<&'static str>,
+    /// The device's team (agent config `team`).
+    pub team: Option<String>,
 }
 
 impl Default for Options {
@@ -65,6 +70,8 @@ impl Default for Options {
             sync_options: None,
             discovery: None,
             discovery_options: None,
+            extra_hosts: Vec::new(),
+            team: None,
         }
     }
 }
@@ -76,10 +83,11 @@ impl Harness {
 
     pub async fn with(opts: Options) -> Harness {
         let test_ca = TestCa::new();
+        let names: Vec<&str> = AI_NAMES.iter().chain(&opts.extra_hosts).copied().collect();
         let fake = if opts.self_signed_upstream {
-            FakeProvider::start_with_self_signed(AI_NAMES).await
+            FakeProvider::start_with_self_signed(&names).await
         } else {
-            FakeProvider::start(&test_ca, AI_NAMES).await
+            FakeProvider::start(&test_ca, &names).await
         };
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("upstream-ca.pem");
@@ -95,6 +103,7 @@ impl Harness {
             capture_max_bytes: opts.capture_max_bytes,
             client_idle_timeout_ms: opts.client_idle_timeout_ms,
             owner_email: Some("jane@example.com".into()),
+            team: opts.team.clone(),
             discovery: opts
                 .discovery
                 .clone()
@@ -104,7 +113,7 @@ impl Harness {
                 }),
             ..Default::default()
         };
-        for n in AI_NAMES {
+        for n in &names {
             cfg.host_overrides
                 .insert(n.to_string(), fake.addr.to_string());
         }
