@@ -1,4 +1,5 @@
-//! `InventoryService.Report`: store the apps and MCP servers a device found.
+//! `InventoryService.Report`: store the apps and MCP servers a device found
+//! and fold them into the fleet catalog (`store::catalog`).
 //! A report with any invalid item is refused whole, naming the item.
 
 use super::{auth::authenticate, GrpcState};
@@ -36,7 +37,7 @@ impl proto::inventory_service_server::InventoryService for InventoryService {
         let accepted = self
             .state
             .store
-            .put_inventory(&device.id, &items, full_snapshot)
+            .report_inventory(&device.id, &items, full_snapshot)
             .await
             .map_err(|e| {
                 error!(error = %e, device_id = %device.id, "Could not store inventory");

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     /// SQLite has one writer at a time. Queueing writers here (FIFO) instead
     /// of in SQLite's busy handler (which is not fair) keeps a burst of
     /// concurrent batches from timing out; the busy timeout then only covers
@@ -33,7 +33,7 @@ pub struct SqliteBackend {
 
 #[derive(Clone)]
 pub struct PgBackend {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// Holds the password: never Debug-printed.
     opts: PgConnectOptions,
 }
@@ -96,11 +96,11 @@ impl SqliteBackend {
         }
     }
 
-    async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(super) async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.write_lock.lock().await
     }
 
-    async fn notify_policy(
+    pub(super) async fn notify_policy(
         _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         _version: u64,
     ) -> Result<(), StoreError> {
@@ -143,9 +143,9 @@ impl PgBackend {
     }
 
     /// PostgreSQL handles concurrent writers itself.
-    async fn write_guard(&self) {}
+    pub(super) async fn write_guard(&self) {}
 
-    async fn notify_policy(
+    pub(super) async fn notify_policy(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         version: u64,
     ) -> Result<(), StoreError> {

@@ -12,16 +12,30 @@ use std::borrow::Cow;
 /// `(version, description, sql)`.
 type Embedded = &'static [(i64, &'static str, &'static str)];
 
-pub(super) const SQLITE: Embedded = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
-pub(super) const POSTGRES: Embedded = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+pub(super) const SQLITE: Embedded = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "catalog",
+        include_str!("../../migrations/sqlite/0002_catalog.sql"),
+    ),
+];
+pub(super) const POSTGRES: Embedded = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "catalog",
+        include_str!("../../migrations/postgres/0002_catalog.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Source(Embedded);

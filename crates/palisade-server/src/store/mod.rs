@@ -16,6 +16,7 @@
 //! This module must never log event contents or token hashes.
 
 mod backend;
+mod catalog;
 mod group;
 mod migrate;
 
@@ -24,6 +25,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use backend::{PgBackend, SqliteBackend};
+pub use catalog::{
+    CatalogDetail, CatalogDevice, CatalogEntry, CatalogFilter, CatalogKind, CatalogStatus,
+    DecideOutcome, PolicyEdit,
+};
 
 /// PostgreSQL NOTIFY channel carrying new policy versions.
 pub const POLICY_CHANNEL: &str = "palisade_policy";
