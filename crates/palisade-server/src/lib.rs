@@ -49,6 +49,8 @@ pub enum ServerError {
     Policy(#[from] policy_bus::PolicyBusError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    AuditKey(#[from] admin::audit::AuditKeyError),
     #[error("admin HTTP server: {0}")]
     Admin(std::io::Error),
 }
@@ -142,12 +144,18 @@ pub async fn run(
             grpc::wait_shutdown(shutdown_rx.clone()),
         );
 
+    let audit_key = admin::audit::AuditKey::load_or_create(&admin::audit::AuditKey::default_path(&cfg))?;
     let admin_state = Arc::new(admin::AdminState {
         store: store.clone(),
         bus,
         limits: cfg.limits.clone(),
+        audit: admin::audit::AuditLog::new(store.clone(), audit_key),
     });
-    let admin = axum::serve(admin_listener, admin::router(admin_state))
+    let admin = axum::serve(
+        admin_listener,
+        admin::router(admin_state)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
         .with_graceful_shutdown(grpc::wait_shutdown(shutdown_rx.clone()));
 
     info!(%grpc_addr, %admin_addr, store = store.backend_name(), "Control plane running");

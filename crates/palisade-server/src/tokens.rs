@@ -2,6 +2,7 @@
 //! once, and stored only as SHA-256 hashes. This module must never log a raw
 //! token, and the store must never receive one.
 
+use crate::admin::rbac::Role;
 use crate::store::{Store, StoreError};
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -67,13 +68,24 @@ pub async fn create_enrollment_token(
     })
 }
 
-/// Create an admin API token (e.g. the bootstrap token `palisade up` prints once).
+/// Create an admin API token with the `admin` role (e.g. the bootstrap token
+/// `palisade up` prints once).
 pub async fn create_admin_token(store: &Store, name: &str) -> Result<RawToken, StoreError> {
+    Ok(create_admin_token_with_role(store, name, Role::Admin).await?.1)
+}
+
+/// Create an admin API token with a role; returns its id and the raw token
+/// (show it once; only its hash is kept).
+pub async fn create_admin_token_with_role(
+    store: &Store,
+    name: &str,
+    role: Role,
+) -> Result<(String, RawToken), StoreError> {
     let token = generate(ADMIN_PREFIX);
-    store
-        .create_admin_token(&hash_token(token.expose()), name)
+    let id = store
+        .create_admin_token_with_role(&hash_token(token.expose()), name, role.as_str())
         .await?;
-    Ok(token)
+    Ok((id, token))
 }
 
 #[cfg(test)]
@@ -107,5 +119,30 @@ mod tests {
             Some("bootstrap")
         );
         assert_eq!(store.admin_token_name(t.expose()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn tokens_carry_their_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("t.db"), 1)
+            .await
+            .unwrap();
+        let boot = create_admin_token(&store, "bootstrap").await.unwrap();
+        let (id, viewer) = create_admin_token_with_role(&store, "dash", Role::Viewer)
+            .await
+            .unwrap();
+        let who = |t: RawToken| {
+            let store = store.clone();
+            async move {
+                store
+                    .admin_token_identity(&hash_token(t.expose()))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        assert_eq!(who(boot).await.role, "admin");
+        let v = who(viewer).await;
+        assert_eq!((v.id, v.name.as_str(), v.role.as_str()), (id, "dash", "viewer"));
     }
 }

@@ -721,8 +721,9 @@ async fn admin_api_denies_by_default_and_validates_input() {
             .unwrap();
         assert_eq!(r.status(), 401, "{path}");
     }
+    // Not in the permission matrix: refused for every role (deny by default).
     let (s, _) = srv.admin(Method::GET, "/api/v1/nothing", None).await;
-    assert_eq!(s, 404);
+    assert_eq!(s, 403);
     let (s, v) = srv
         .admin(
             Method::PUT,

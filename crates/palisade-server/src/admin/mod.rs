@@ -1,18 +1,24 @@
 //! The admin HTTP API under `/api/v1` (axum), the base the web console will
 //! build on.
 //!
-//! Deny by default: every route sits behind bearer-token auth, and tokens are
-//! looked up by SHA-256 hash. Handlers only translate HTTP <-> store calls;
+//! Deny by default: every route sits behind bearer-token auth and the
+//! permission matrix in [`rbac`] (tokens are looked up by SHA-256 hash, each
+//! carries a role); every mutating or refused call lands in the tamper-evident
+//! admin audit log ([`audit`]). Handlers only translate HTTP <-> store calls;
 //! they must never hold SQL, never echo a token back (except the one-time
 //! response that creates it), and never log request bodies.
+
+pub mod audit;
+pub mod rbac;
 
 use crate::config::Limits;
 use crate::policy_bus::PolicyBus;
 use crate::store::{DeviceRecord, EventFilter, Store, StoreError};
-use crate::tokens::{create_enrollment_token, hash_token};
-use axum::extract::{Path, Query, Request, State};
+use crate::tokens::{create_admin_token_with_role, create_enrollment_token};
+use rbac::{AuditNote, Principal, Role};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -32,11 +38,8 @@ pub(crate) struct AdminState {
     pub store: Store,
     pub bus: PolicyBus,
     pub limits: Limits,
+    pub audit: audit::AuditLog,
 }
-
-/// The authenticated admin, by token name.
-#[derive(Debug, Clone)]
-struct Actor(String);
 
 /// The `/api/v1` router.
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
@@ -46,8 +49,11 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/enrollment-tokens", post(new_enrollment_token))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/tokens", post(new_admin_token))
+        .route("/api/v1/admin-audit", get(audit::http::list))
+        .route("/api/v1/admin-audit/export", get(audit::http::export))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), rbac::authorize))
         .with_state(state)
 }
 
@@ -84,34 +90,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn require_token(
-    State(state): State<Arc<AdminState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required").into_response();
-    };
-    match state.store.admin_token_name(&hash_token(token)).await {
-        Ok(Some(name)) => {
-            req.extensions_mut().insert(Actor(name));
-            next.run(req).await
-        }
-        Ok(None) => {
-            warn!(path = %req.uri().path(), "Admin API: invalid token");
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid token").into_response()
-        }
-        Err(e) => ApiError::from(e).into_response(),
-    }
-}
-
 async fn get_policy(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
     let current = s.bus.current();
     let document: Value = serde_json::from_slice(&current.document_json).map_err(|e| {
@@ -131,18 +109,22 @@ async fn get_policy(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, Api
 
 async fn put_policy(
     State(s): State<Arc<AdminState>>,
-    Extension(actor): Extension<Actor>,
+    Extension(actor): Extension<Principal>,
     body: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let policy = Policy::from_json(&body)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let doc = serde_json::to_string(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let version = s.store.insert_policy(&doc, &actor.0).await?;
-    info!(version, author = %actor.0, "Policy published");
+    let version = s.store.insert_policy(&doc, &actor.name).await?;
+    info!(version, author = %actor.name, "Policy published");
     if let Err(error) = s.bus.refresh().await {
         warn!(%error, "Policy stored but not yet published locally; the poll will pick it up");
     }
-    Ok(Json(json!({ "version": version })))
+    let note = AuditNote {
+        target_id: Some(version.to_string()),
+        details: json!({ "version": version }),
+    };
+    Ok((Extension(note), Json(json!({ "version": version }))).into_response())
 }
 
 fn device_json(d: &DeviceRecord) -> Value {
@@ -172,12 +154,12 @@ async fn list_devices(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, A
 
 async fn revoke_device(
     State(s): State<Arc<AdminState>>,
-    Extension(actor): Extension<Actor>,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let reason = format!("revoked by {}", actor.0);
+    let reason = format!("revoked by {}", actor.name);
     if s.store.revoke_device(&id, &reason).await? {
-        info!(device_id = %id, actor = %actor.0, "Device revoked");
+        info!(device_id = %id, actor = %actor.name, "Device revoked");
     } else if s.store.get_device(&id).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -212,9 +194,9 @@ fn default_ttl() -> i64 {
 
 async fn new_enrollment_token(
     State(s): State<Arc<AdminState>>,
-    Extension(actor): Extension<Actor>,
+    Extension(actor): Extension<Principal>,
     body: String,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let body = if body.trim().is_empty() {
         "{}"
     } else {
@@ -237,16 +219,72 @@ async fn new_enrollment_token(
     let expires_at = Utc::now() + ChronoDuration::seconds(req.ttl_seconds);
     let t =
         create_enrollment_token(&s.store, req.max_uses, expires_at, req.note.as_deref()).await?;
-    info!(token_id = %t.id, max_uses = t.max_uses, actor = %actor.0, "Enrollment token created");
+    info!(token_id = %t.id, max_uses = t.max_uses, actor = %actor.name, "Enrollment token created");
+    let note = AuditNote {
+        target_id: Some(t.id.clone()),
+        details: json!({ "max_uses": t.max_uses, "expires_at": t.expires_at }),
+    };
     Ok((
         StatusCode::CREATED,
+        Extension(note),
         Json(json!({
             "id": t.id,
             "token": t.token.expose(),
             "max_uses": t.max_uses,
             "expires_at": t.expires_at,
         })),
-    ))
+    )
+        .into_response())
+}
+
+/// Longest admin token name.
+pub const MAX_TOKEN_NAME_CHARS: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAdminTokenRequest {
+    name: String,
+    role: String,
+}
+
+/// `POST /api/v1/tokens` (admin only): a new API token with a role, returned once.
+async fn new_admin_token(
+    State(s): State<Arc<AdminState>>,
+    Extension(actor): Extension<Principal>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let req: NewAdminTokenRequest =
+        serde_json::from_str(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut problems = Vec::new();
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME_CHARS {
+        problems.push(format!("name: must be 1..={MAX_TOKEN_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        problems.push("name: must not contain control characters".to_string());
+    }
+    let role = match req.role.parse::<Role>() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.push(format!("role: {e}"));
+            None
+        }
+    };
+    let Some(role) = role.filter(|_| problems.is_empty()) else {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    };
+    let (id, token) = create_admin_token_with_role(&s.store, name, role).await?;
+    info!(token_id = %id, role = role.as_str(), actor = %actor.name, "Admin token created");
+    let note = AuditNote {
+        target_id: Some(id.clone()),
+        details: json!({ "name": name, "role": role.as_str() }),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Extension(note),
+        Json(json!({ "id": id, "name": name, "role": role.as_str(), "token": token.expose() })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +317,7 @@ fn parse_time(
 
 async fn list_events(
     State(s): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -312,8 +351,23 @@ async fn list_events(
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("seq".into(), json!(r.seq));
             }
+            if who.role.hides_content() {
+                strip_content(&mut v);
+            }
             v
         })
         .collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })))
+}
+
+/// Remove prompt and response text (for roles that may not read content);
+/// the fields stay, set to null, so clients see the shape they expect.
+fn strip_content(v: &mut Value) {
+    for (section, field) in [("request", "prompt"), ("response", "text")] {
+        if let Some(obj) = v.get_mut(section).and_then(Value::as_object_mut) {
+            if obj.contains_key(field) {
+                obj.insert(field.into(), Value::Null);
+            }
+        }
+    }
 }

@@ -26,7 +26,7 @@ pub struct SqliteBackend {
     /// of in SQLite's busy handler (which is not fair) keeps a burst of
     /// concurrent batches from timing out; the busy timeout then only covers
     /// writers outside this process.
-    write_lock: Arc<tokio::sync::Mutex<()>>,
+    pub(super) write_lock: Arc<tokio::sync::Mutex<()>>,
     /// Set once the writer task runs; ingest goes through it (group commit).
     group: Option<super::group::GroupCommitter>,
 }

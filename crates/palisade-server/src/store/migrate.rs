@@ -23,6 +23,11 @@ pub(super) const SQLITE: Embedded = &[
         "catalog",
         include_str!("../../migrations/sqlite/0002_catalog.sql"),
     ),
+    (
+        3,
+        "admin_audit",
+        include_str!("../../migrations/sqlite/0003_admin_audit.sql"),
+    ),
 ];
 pub(super) const POSTGRES: Embedded = &[
     (
@@ -34,6 +39,11 @@ pub(super) const POSTGRES: Embedded = &[
         2,
         "catalog",
         include_str!("../../migrations/postgres/0002_catalog.sql"),
+    ),
+    (
+        3,
+        "admin_audit",
+        include_str!("../../migrations/postgres/0003_admin_audit.sql"),
     ),
 ];
 

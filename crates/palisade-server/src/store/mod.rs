@@ -15,6 +15,7 @@
 //!
 //! This module must never log event contents or token hashes.
 
+mod audit;
 mod backend;
 mod catalog;
 mod group;
@@ -24,6 +25,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 use uuid::Uuid;
 
+pub use audit::{AdminAuditRow, AdminTokenIdentity, AuditHead, AUDIT_CHAIN_LOCK};
 pub use backend::{PgBackend, SqliteBackend};
 pub use catalog::{
     CatalogDetail, CatalogDevice, CatalogEntry, CatalogFilter, CatalogKind, CatalogStatus,

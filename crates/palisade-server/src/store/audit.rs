@@ -1,0 +1,287 @@
+//! Store side of the admin audit log (`admin_audit`, migration 0003) and of
+//! token roles (`admin_tokens.role`).
+//!
+//! The chain never forks: an append reads the head and inserts `head + 1` in
+//! ONE transaction while holding the chain lock. In one process that is the
+//! SQLite writer mutex; across several servers on one PostgreSQL it is a
+//! transaction-level advisory lock ([`AUDIT_CHAIN_LOCK`]), released at commit.
+//! The primary key on `seq` is the backstop: a second entry for one seq fails.
+//!
+//! The hashing and signing happen in the caller's `seal` closure
+//! (`admin::audit`), so this module knows SQL and nothing about the chain
+//! format. It must never receive or store a raw token, and never update or
+//! delete an audit row (retention with signed checkpoints is a later step).
+
+use super::{PgBackend, SqliteBackend, Store, StoreError};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// `pg_advisory_xact_lock` key serialising audit appends across servers
+/// (ASCII "palaudit").
+pub const AUDIT_CHAIN_LOCK: i64 = 0x7061_6c61_7564_6974;
+
+/// One admin audit row exactly as stored (strings are the wire forms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAuditRow {
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    pub actor_kind: String,
+    pub actor_id: String,
+    pub action: String,
+    pub outcome: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// JSON text (canonical form).
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub hmac: String,
+}
+
+/// The newest entry of the chain: what the next append links to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Who an admin bearer token belongs to (never the hash itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenIdentity {
+    pub id: String,
+    pub name: String,
+    /// Wire form of the role (`admin`, `approver`, `auditor`, `viewer`).
+    pub role: String,
+}
+
+const AUDIT_COLUMNS: &str = "seq, time, actor_kind, actor_id, action, outcome, target_type, \
+     target_id, ip, user_agent, details, prev_hash, hash, hmac";
+
+// === impl Store ===
+
+impl Store {
+    /// Append one entry: `seal` gets the current head (`None` for an empty
+    /// chain) and returns the finished row (seq = head + 1, hashes set).
+    /// Read-head and insert share one transaction under the chain lock.
+    pub async fn append_admin_audit<F>(&self, seal: F) -> Result<AdminAuditRow, StoreError>
+    where
+        F: FnOnce(Option<AuditHead>) -> AdminAuditRow + Send,
+    {
+        match self {
+            Store::Sqlite(b) => b.append_admin_audit(seal).await,
+            Store::Postgres(b) => b.append_admin_audit(seal).await,
+        }
+    }
+
+    /// Entries with `seq > after_seq`, oldest first, at most `limit`.
+    pub async fn admin_audit_page(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AdminAuditRow>, StoreError> {
+        match self {
+            Store::Sqlite(b) => b.admin_audit_page(after_seq, limit).await,
+            Store::Postgres(b) => b.admin_audit_page(after_seq, limit).await,
+        }
+    }
+
+    pub async fn admin_audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        match self {
+            Store::Sqlite(b) => b.admin_audit_head().await,
+            Store::Postgres(b) => b.admin_audit_head().await,
+        }
+    }
+
+    /// Create an admin API token with a role (hash only). Returns its id.
+    pub async fn create_admin_token_with_role(
+        &self,
+        token_hash: &str,
+        name: &str,
+        role: &str,
+    ) -> Result<String, StoreError> {
+        match self {
+            Store::Sqlite(b) => b.create_admin_token_with_role(token_hash, name, role).await,
+            Store::Postgres(b) => b.create_admin_token_with_role(token_hash, name, role).await,
+        }
+    }
+
+    /// The live (unrevoked) admin token with this hash.
+    pub async fn admin_token_identity(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<AdminTokenIdentity>, StoreError> {
+        match self {
+            Store::Sqlite(b) => b.admin_token_identity(token_hash).await,
+            Store::Postgres(b) => b.admin_token_identity(token_hash).await,
+        }
+    }
+}
+
+// === impl SqliteBackend ===
+
+impl SqliteBackend {
+    /// One writer per SQLite file: the process-wide writer mutex.
+    async fn audit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.write_lock.lock().await)
+    }
+
+    async fn audit_chain_lock(
+        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+// === impl PgBackend ===
+
+impl PgBackend {
+    async fn audit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+
+    /// Serialise appends across every server sharing this database; the
+    /// lock is released when the transaction ends.
+    async fn audit_chain_lock(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_CHAIN_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+macro_rules! audit_impl {
+    ($backend:ty, $db:ty) => {
+        impl $backend {
+            fn audit_row(r: &<$db as sqlx::Database>::Row) -> Result<AdminAuditRow, StoreError> {
+                Ok(AdminAuditRow {
+                    seq: r.try_get("seq")?,
+                    time_ms: r.try_get("time")?,
+                    actor_kind: r.try_get("actor_kind")?,
+                    actor_id: r.try_get("actor_id")?,
+                    action: r.try_get("action")?,
+                    outcome: r.try_get("outcome")?,
+                    target_type: r.try_get("target_type")?,
+                    target_id: r.try_get("target_id")?,
+                    ip: r.try_get("ip")?,
+                    user_agent: r.try_get("user_agent")?,
+                    details: r.try_get("details")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                    hmac: r.try_get("hmac")?,
+                })
+            }
+
+            pub(super) async fn append_admin_audit<F>(&self, seal: F) -> Result<AdminAuditRow, StoreError>
+            where
+                F: FnOnce(Option<AuditHead>) -> AdminAuditRow + Send,
+            {
+                let _guard = self.audit_guard().await;
+                let mut tx = self.pool.begin().await?;
+                Self::audit_chain_lock(&mut tx).await?;
+                let head = sqlx::query("SELECT seq, hash FROM admin_audit ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| -> Result<AuditHead, StoreError> {
+                        Ok(AuditHead { seq: r.try_get("seq")?, hash: r.try_get("hash")? })
+                    })
+                    .transpose()?;
+                let row = seal(head);
+                sqlx::query(&format!(
+                    "INSERT INTO admin_audit ({AUDIT_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                ))
+                .bind(row.seq)
+                .bind(row.time_ms)
+                .bind(&row.actor_kind)
+                .bind(&row.actor_id)
+                .bind(&row.action)
+                .bind(&row.outcome)
+                .bind(&row.target_type)
+                .bind(&row.target_id)
+                .bind(&row.ip)
+                .bind(&row.user_agent)
+                .bind(&row.details)
+                .bind(&row.prev_hash)
+                .bind(&row.hash)
+                .bind(&row.hmac)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            pub(super) async fn admin_audit_page(
+                &self,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<AdminAuditRow>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM admin_audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ))
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::audit_row).collect()
+            }
+
+            pub(super) async fn admin_audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+                let row = sqlx::query("SELECT seq, hash FROM admin_audit ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| Ok(AuditHead { seq: r.try_get("seq")?, hash: r.try_get("hash")? }))
+                    .transpose()
+            }
+
+            pub(super) async fn create_admin_token_with_role(
+                &self,
+                token_hash: &str,
+                name: &str,
+                role: &str,
+            ) -> Result<String, StoreError> {
+                let _guard = self.audit_guard().await;
+                let id = Uuid::now_v7().to_string();
+                sqlx::query(
+                    "INSERT INTO admin_tokens (id, token_hash, name, created_at, role) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&id)
+                .bind(token_hash)
+                .bind(name)
+                .bind(super::now_ms())
+                .bind(role)
+                .execute(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            pub(super) async fn admin_token_identity(
+                &self,
+                token_hash: &str,
+            ) -> Result<Option<AdminTokenIdentity>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT id, name, role FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(AdminTokenIdentity {
+                        id: r.try_get("id")?,
+                        name: r.try_get("name")?,
+                        role: r.try_get("role")?,
+                    })
+                })
+                .transpose()
+            }
+        }
+    };
+}
+
+audit_impl!(SqliteBackend, sqlx::Sqlite);
+audit_impl!(PgBackend, sqlx::Postgres);
