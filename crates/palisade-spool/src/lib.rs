@@ -396,13 +396,18 @@ impl Spool {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(sql("begin append"))?;
-        let mut first_new_seq = None;
-        for row in &rows {
-            let res = insert_row(&mut tx, row).await?;
-            if res.rows_affected() == 1 && first_new_seq.is_none() {
-                first_new_seq = Some(res.last_insert_rowid());
-            }
+        // Rows are inserted many per statement: each statement is a round
+        // trip to SQLite's worker thread, which dominated the proxy's cost.
+        // `seq` is AUTOINCREMENT, so every new row's seq exceeds the old max.
+        let old_max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql("read max seq"))?;
+        let mut inserted = 0;
+        for chunk in rows.chunks(INSERT_ROWS_PER_STATEMENT) {
+            inserted += insert_rows(&mut tx, chunk).await?.rows_affected();
         }
+        let first_new_seq = (inserted > 0).then_some(old_max + 1);
         if let Some(first_new_seq) = first_new_seq {
             let bytes = meta_value(&mut tx, "bytes").await?;
             if bytes > max_bytes {
@@ -655,7 +660,7 @@ async fn quarantine(writer: &SqlitePool, bad: &[BadRow]) -> Result<(), SpoolErro
         );
         marker.details =
             serde_json::json!({ "id": b.id, "error": b.error, "reason": "undecodable" });
-        insert_row(&mut tx, &EncodedRow::encode(&marker)?).await?;
+        insert_rows(&mut tx, std::slice::from_ref(&EncodedRow::encode(&marker)?)).await?;
         warn!(id = %b.id, error = %b.error, "Quarantined spool record that cannot be decoded");
     }
     tx.commit().await.map_err(sql("commit quarantine"))
@@ -692,26 +697,29 @@ async fn reclaim_space(writer: &SqlitePool) -> Result<(), SpoolError> {
     Ok(())
 }
 
-async fn insert_row(
+/// Rows per multi-row INSERT (9 bound values each, far below SQLite's limit).
+const INSERT_ROWS_PER_STATEMENT: usize = 64;
+
+async fn insert_rows(
     tx: &mut sqlx::SqliteConnection,
-    row: &EncodedRow,
+    rows: &[EncodedRow],
 ) -> Result<sqlx::sqlite::SqliteQueryResult, SpoolError> {
-    sqlx::query(
-        "INSERT INTO events (id, time_us, kind, provider, model, app, decision, size, body) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-    )
-    .bind(&row.id)
-    .bind(row.time_us)
-    .bind(&row.kind)
-    .bind(&row.provider)
-    .bind(&row.model)
-    .bind(&row.app)
-    .bind(&row.decision)
-    .bind(i64::try_from(row.size()).unwrap_or(i64::MAX))
-    .bind(&row.body)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql("insert"))
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO events (id, time_us, kind, provider, model, app, decision, size, body) ",
+    );
+    q.push_values(rows, |mut b, row| {
+        b.push_bind(&row.id)
+            .push_bind(row.time_us)
+            .push_bind(&row.kind)
+            .push_bind(&row.provider)
+            .push_bind(&row.model)
+            .push_bind(&row.app)
+            .push_bind(&row.decision)
+            .push_bind(i64::try_from(row.size()).unwrap_or(i64::MAX))
+            .push_bind(&row.body);
+    });
+    q.push(" ON CONFLICT(id) DO NOTHING");
+    q.build().execute(&mut *tx).await.map_err(sql("insert"))
 }
 
 async fn meta_value(tx: &mut sqlx::SqliteConnection, key: &'static str) -> Result<u64, SpoolError> {
@@ -802,7 +810,7 @@ async fn make_room(
         .map_err(sql("count dropped"))?;
     let dropped_total = meta_value(tx, "dropped_total").await?;
     let marker = drop_marker(like, dropped, dropped_total, max_bytes);
-    insert_row(tx, &EncodedRow::encode(&marker)?).await?;
+    insert_rows(tx, std::slice::from_ref(&EncodedRow::encode(&marker)?)).await?;
     warn!(
         dropped,
         dropped_total, max_bytes, "Spool full: dropped oldest records"
