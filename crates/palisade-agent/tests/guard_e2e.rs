@@ -514,3 +514,60 @@ async fn capture_follows_the_devices_team_unless_the_user_has_an_override() {
     let p = captured_prompt(Some("legal"), both).await.expect("the user's override wins");
     assert!(!p.contains(AWS_KEY), "{p}");
 }
+
+#[tokio::test]
+async fn a_compressed_anthropic_stream_is_cut_with_an_error_event() {
+    let mut h = Harness::with(Options {
+        policy_json: Some(response_block_policy()),
+        ..Default::default()
+    })
+    .await;
+    let r = h
+        .client(true)
+        .post("https://api.anthropic.com/v1/messages")
+        .header("x-fake-text", PIECES.join("|"))
+        .header("x-fake-encoding", "gzip")
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
+            "messages": [{"role": "user", "content": "key?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none(), "forwarded decoded: an error event can follow");
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(AWS_KEY), "{text}");
+    assert!(text.contains("Here is the key: "), "earlier events passed: {text}");
+    let last = text.rsplit("\n\n").nth(1).unwrap();
+    assert!(last.starts_with("event: error\ndata: "), "{text}");
+    let v: serde_json::Value = serde_json::from_str(last.trim_start_matches("event: error\ndata: ")).unwrap();
+    assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("palisade_error")));
+    let ev = h.next_event().await;
+    assert_eq!(interaction(&ev).policy.decision, RecordDecision::Block);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_over_the_capture_cap_is_released_uninspected_and_says_so() {
+    let mut h = Harness::with(Options {
+        policy_json: Some(response_block_policy()),
+        capture_max_bytes: 4096,
+        ..Default::default()
+    })
+    .await;
+    let r = h
+        .client(true)
+        .post("https://api.openai.com/v1/chat/completions")
+        .header("x-fake-body-bytes", "100000")
+        .json(&chat_request(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000, "every byte released");
+    let ev = h.next_event().await;
+    let i = interaction(&ev);
+    assert_eq!(i.policy.decision, RecordDecision::Allow);
+    let skipped = i.guard_skipped.as_deref().unwrap();
+    assert!(skipped.contains("response larger than the capture cap"), "{skipped}");
+    h.stop().await;
+}

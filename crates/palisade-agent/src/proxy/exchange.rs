@@ -156,6 +156,15 @@ impl Exchange {
         }
     }
 
+    /// Note why guardrails did not inspect part of the exchange (kept
+    /// alongside a reason already noted for the request).
+    pub fn skip_guard(&mut self, why: String) {
+        self.guard_skipped = Some(match self.guard_skipped.take() {
+            Some(before) => format!("{before}; {why}"),
+            None => why,
+        });
+    }
+
     /// The record says a response guardrail held the response back.
     pub fn mark_response_blocked(&mut self, rule: &str) {
         self.policy.decision = RecordDecision::Block;

@@ -438,7 +438,7 @@ async fn respond(
             }
             Err(e) => {
                 warn!(host = %ex.host, error = %e, "Response stream passes uninspected");
-                ex.guard_skipped = Some(format!("response not inspected: {e}"));
+                ex.skip_guard(format!("response not inspected: {e}"));
             }
         }
     }
@@ -495,7 +495,7 @@ async fn hold_whole(
         None => judge_whole(&ex, &held, enc.as_deref()),
     };
     match verdict {
-        Err(why) => ex.guard_skipped = Some(why),
+        Err(why) => ex.skip_guard(why),
         Ok(Some(rule)) => {
             let msg = response_guard::block_message(&rule);
             ex.mark_response_blocked(&rule);

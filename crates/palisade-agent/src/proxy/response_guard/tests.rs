@@ -412,3 +412,32 @@ fn debug_never_shows_response_text() {
     let d = format!("{gate:?}");
     assert!(!d.contains("hunter2"), "{d}");
 }
+
+/// Cost of gating a stream when a response rule can block: run with
+/// `cargo test -p palisade-agent --release --lib gate_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn gate_cost() {
+    let g = guard(true);
+    let words = [" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog."];
+    let events: Vec<String> = (0..20_000).map(|i| chat_event(words[i % words.len()])).collect();
+    let bytes: usize = events.iter().map(String::len).sum();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let mut gate = StreamGate::new(g.clone(), chat(), true, None).unwrap();
+        let t = std::time::Instant::now();
+        for e in &events {
+            let step = gate.feed(e.as_bytes()).unwrap();
+            assert!(step.block.is_none());
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "gate_cost: {} events ({} KiB) in {:.1} ms: {:.1} us/event, {:.1} MB/s",
+        events.len(),
+        bytes / 1024,
+        best * 1e3,
+        best * 1e6 / events.len() as f64,
+        bytes as f64 / best / 1e6
+    );
+}
