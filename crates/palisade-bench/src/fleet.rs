@@ -13,6 +13,7 @@
 //! server process running.
 
 mod agent;
+mod decode;
 mod ingest;
 mod propagation;
 mod records;
@@ -49,7 +50,7 @@ pub enum FleetError {
     Pki(#[source] palisade_server::pki::PkiError),
     #[error("preparing the store: {0}")]
     Store(#[source] palisade_server::StoreError),
-    #[error("server exited early ({status}); log tail:\n{log_tail}")]
+    #[error("server exited early ({status}); if target/release/palisade-server is older than this bench (the bench prepares the store with its own copy of the server library), rebuild both; log tail:\n{log_tail}")]
     ServerExited { status: String, log_tail: String },
     #[error("server not listening after {waited:?}; log tail:\n{log_tail}")]
     ServerNotReady { waited: Duration, log_tail: String },
@@ -212,6 +213,13 @@ pub async fn main(argv: impl IntoIterator<Item = String>) -> Result<(), FleetErr
     println!("note: server and load generator share this machine's cores; figures include that contention");
     for store in stores {
         run_store(&exe, store, &args, run_id).await?;
+    }
+    if !args.skip_ingest {
+        let d = tokio::task::spawn_blocking(|| decode::measure(50_000)).await.map_err(FleetError::Join)?;
+        println!(
+            "== (d) per-record JSON CPU (this thread's CPU time, {} records): server path {:.1} µs (IncomingEvent::try_from + into_new_event); typed AuditEvent parse alone {:.1} µs; indexed columns only {:.1} µs",
+            d.records, d.server_path_us, d.typed_only_us, d.index_only_us
+        );
     }
     Ok(())
 }
