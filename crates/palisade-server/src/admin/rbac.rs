@@ -248,7 +248,7 @@ pub(crate) async fn authorize(
         Err(e) => {
             // A role this build does not know gets nothing (deny by default).
             error!(error = %e, token = %identity.name, "Admin token has an unknown role");
-            let refusal = json!({"reason": "unknown role", "token_id": identity.id});
+            let refusal = json!({"reason": "unknown role", "caller_token_id": identity.id});
             record(&state, ActorKind::Token, &identity.name, action, Outcome::Failure, &target_type, &target_id, &origin, refusal).await;
             return ApiError::new(StatusCode::FORBIDDEN, "forbidden").into_response();
         }
@@ -257,8 +257,8 @@ pub(crate) async fn authorize(
         warn!(path, method = %method, role = role.as_str(), token = %identity.name, "Admin API: refused");
         let refusal = json!({
             "reason": "role not permitted",
-            "role": role.as_str(),
-            "token_id": identity.id,
+            "caller_role": role.as_str(),
+            "caller_token_id": identity.id,
             "method": method.as_str(),
             "path": path,
         });
@@ -282,8 +282,8 @@ pub(crate) async fn authorize(
         };
         if let Some(obj) = details.as_object_mut() {
             obj.insert("status".into(), json!(status.as_u16()));
-            obj.insert("role".into(), json!(role.as_str()));
-            obj.insert("token_id".into(), json!(identity.id));
+            obj.insert("caller_role".into(), json!(role.as_str()));
+            obj.insert("caller_token_id".into(), json!(identity.id));
         }
         let target_id = note.target_id.unwrap_or(target_id);
         let outcome = if status.is_success() { Outcome::Success } else { Outcome::Failure };

@@ -1,0 +1,485 @@
+//! Role-based access and the admin audit log, end to end through the real
+//! server: every endpoint × {no token, wrong token, each role}, audit entries
+//! for refusals and mutations, chain verification on a real log, tampering
+//! directly in the database, no token in the log, and viewers without
+//! prompt text. Runs on SQLite, and on PostgreSQL when
+//! `PALISADE_TEST_POSTGRES_URL` is set.
+
+mod support;
+
+use palisade_server::admin::audit::{
+    parse_export, verify_export, verify_store, AuditEntry, AuditKey, VerifyError,
+    VerifyStoreError,
+};
+use palisade_server::store::AdminAuditRow;
+use palisade_server::Store;
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::*;
+
+const ROLES: [&str; 4] = ["admin", "approver", "auditor", "viewer"];
+
+/// One endpoint of the table: who may call it, and what an allowed call
+/// returns (`None`: any status but 401/403, for endpoints whose handler
+/// lands elsewhere).
+struct Case {
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+    allowed: &'static [&'static str],
+    ok_status: Option<u16>,
+    /// Whether an allowed call writes an audit entry.
+    audited: bool,
+}
+
+fn cases(policy_doc: &Value) -> Vec<Case> {
+    let all: &[&str] = &["admin", "approver", "auditor", "viewer"];
+    vec![
+        Case { method: Method::GET, path: "/api/v1/policy", body: None, allowed: &["admin", "approver", "auditor"], ok_status: Some(200), audited: false },
+        Case { method: Method::PUT, path: "/api/v1/policy", body: Some(policy_doc.clone()), allowed: &["admin"], ok_status: Some(200), audited: true },
+        Case { method: Method::GET, path: "/api/v1/devices", body: None, allowed: all, ok_status: Some(200), audited: false },
+        Case { method: Method::POST, path: "/api/v1/devices/no-such-device/revoke", body: None, allowed: &["admin"], ok_status: Some(404), audited: true },
+        Case { method: Method::POST, path: "/api/v1/enrollment-tokens", body: Some(json!({"max_uses": 1})), allowed: &["admin"], ok_status: Some(201), audited: true },
+        Case { method: Method::POST, path: "/api/v1/tokens", body: Some(json!({"name": "made-in-table", "role": "viewer"})), allowed: &["admin"], ok_status: Some(201), audited: true },
+        Case { method: Method::GET, path: "/api/v1/events", body: None, allowed: all, ok_status: Some(200), audited: false },
+        Case { method: Method::GET, path: "/api/v1/usage", body: None, allowed: all, ok_status: None, audited: false },
+        Case { method: Method::GET, path: "/api/v1/approvals", body: None, allowed: all, ok_status: None, audited: false },
+        Case { method: Method::POST, path: "/api/v1/approvals/app/no-such-app/approve", body: Some(json!({})), allowed: &["admin", "approver"], ok_status: None, audited: true },
+        Case { method: Method::POST, path: "/api/v1/approvals/mcp/no-such-mcp/deny", body: Some(json!({})), allowed: &["admin", "approver"], ok_status: None, audited: true },
+        Case { method: Method::GET, path: "/api/v1/admin-audit", body: None, allowed: &["admin", "auditor"], ok_status: Some(200), audited: false },
+        Case { method: Method::GET, path: "/api/v1/admin-audit/export", body: None, allowed: &["admin", "auditor"], ok_status: Some(200), audited: true },
+        Case { method: Method::GET, path: "/api/v1/export", body: None, allowed: &["admin", "auditor"], ok_status: None, audited: true },
+        // Not in the matrix: refused for everyone, admin included.
+        Case { method: Method::GET, path: "/api/v1/secrets", body: None, allowed: &[], ok_status: None, audited: false },
+        Case { method: Method::DELETE, path: "/api/v1/policy", body: None, allowed: &[], ok_status: None, audited: false },
+    ]
+}
+
+async fn call(srv: &TestServer, token: Option<&str>, c: &Case) -> (u16, Value) {
+    let mut req = srv
+        .http()
+        .request(c.method.clone(), srv.url(c.path))
+        .header("user-agent", "rbac-table-test/1");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = &c.body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Every entry of the log, straight from the store.
+async fn all_entries(store: &Store) -> Vec<AuditEntry> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.admin_audit_page(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        out.extend(page.iter().map(AuditEntry::from_row));
+    }
+    out
+}
+
+async fn make_token(srv: &TestServer, name: &str, role: &str) -> String {
+    let (s, v) = srv
+        .admin(Method::POST, "/api/v1/tokens", Some(json!({"name": name, "role": role})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["role"], role);
+    v["token"].as_str().unwrap().to_string()
+}
+
+async fn servers() -> Vec<TestServer> {
+    let mut out = vec![TestServer::start().await];
+    if let Some(url) = postgres_url() {
+        let schema = fresh_schema();
+        out.push(
+            TestServer::start_with(move |cfg| {
+                cfg.store.postgres_url = Some(url);
+                cfg.store.postgres_schema = Some(schema);
+            })
+            .await,
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
+    for srv in servers().await {
+        let store = Store::open(&srv.cfg).await.unwrap();
+        let mut tokens = vec![("admin", srv.admin_token.clone())];
+        for role in ROLES.iter().skip(1) {
+            tokens.push((role, make_token(&srv, &format!("{role}-token"), role).await));
+        }
+        // The server answered, so it has created its key.
+        let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
+        let (_, current) = srv.admin(Method::GET, "/api/v1/policy", None).await;
+        let policy_doc = current["document"].clone();
+        let wrong = "pal_admin_this-token-does-not-exist";
+
+        for c in cases(&policy_doc) {
+            let mut callers: Vec<(String, Option<&str>)> =
+                vec![("no token".into(), None), ("wrong token".into(), Some(wrong))];
+            for (role, t) in &tokens {
+                callers.push((role.to_string(), Some(t.as_str())));
+            }
+            for (who, token) in callers {
+                let before = all_entries(&store).await.len();
+                let (status, body) = call(&srv, token, &c).await;
+                let after = all_entries(&store).await;
+                let new: Vec<&AuditEntry> = after[before..].iter().collect();
+                let ctx = format!("{} {} as {who} ({}): {status} {body}", c.method, c.path, srv.cfg.store.postgres_url.is_some());
+                let refused_unauthenticated = who == "no token" || who == "wrong token";
+                match () {
+                    _ if refused_unauthenticated => {
+                        assert_eq!(status, 401, "{ctx}");
+                        assert_eq!(new.len(), 1, "a refusal must be audited: {ctx}");
+                        assert_eq!(new[0].outcome, "failure", "{ctx}");
+                        assert_eq!(new[0].action, "login", "{ctx}");
+                        let expected_actor = if who == "no token" { "anonymous" } else { "unknown" };
+                        assert_eq!(new[0].actor.id, expected_actor, "{ctx}");
+                    }
+                    _ if !c.allowed.contains(&who.as_str()) => {
+                        assert_eq!(status, 403, "{ctx}");
+                        assert_eq!(new.len(), 1, "a refusal must be audited: {ctx}");
+                        let e = new[0];
+                        assert_eq!(e.outcome, "failure", "{ctx}");
+                        assert_eq!(e.actor.kind, "token", "{ctx}");
+                        let name = if who == "admin" { "test-admin".to_string() } else { format!("{who}-token") };
+                        assert_eq!(e.actor.id, name, "{ctx}");
+                        assert_eq!(e.details["caller_role"], who.as_str(), "{ctx}");
+                        assert_eq!(e.user_agent.as_deref(), Some("rbac-table-test/1"), "{ctx}");
+                        assert_eq!(e.ip.as_deref(), Some("127.0.0.1"), "{ctx}");
+                    }
+                    _ => {
+                        assert!(status != 401 && status != 403, "{ctx}");
+                        if let Some(ok) = c.ok_status {
+                            assert_eq!(status, ok, "{ctx}");
+                        }
+                        assert_eq!(new.len(), usize::from(c.audited), "{ctx}");
+                        if c.audited {
+                            let expect = if (200..300).contains(&status) { "success" } else { "failure" };
+                            assert_eq!(new[0].outcome, expect, "{ctx}");
+                        }
+                    }
+                }
+            }
+        }
+
+        // The audited mutations carry the right action and target.
+        let log = all_entries(&store).await;
+        let find = |action: &str, ty: &str| {
+            log.iter()
+                .find(|e| e.action == action && e.target.kind == ty && e.outcome == "success")
+                .unwrap_or_else(|| panic!("no successful {action} {ty}"))
+        };
+        let upd = find("update", "policy");
+        assert_eq!(upd.details["version"], json!(upd.target.id.parse::<u64>().unwrap()));
+        assert_eq!(find("create", "enrollment-token").actor.id, "test-admin");
+        let made = log
+            .iter()
+            .find(|e| e.action == "create" && e.details["name"] == "made-in-table")
+            .unwrap();
+        assert_eq!((made.target.kind.as_str(), &made.details["role"]), ("admin-token", &json!("viewer")));
+        assert_eq!(find("create", "admin-token").details["role"], "approver");
+        find("export", "admin-audit");
+        let revoke = log
+            .iter()
+            .find(|e| e.action == "revoke" && e.target.kind == "device")
+            .unwrap();
+        assert_eq!((revoke.outcome.as_str(), revoke.target.id.as_str()), ("failure", "no-such-device"));
+        let approve = log.iter().find(|e| e.action == "approve").unwrap();
+        assert_eq!((approve.target.kind.as_str(), approve.target.id.as_str()), ("app", "no-such-app"));
+
+        // The log the calls produced verifies.
+        let report = verify_store(&store, &key).await.unwrap();
+        assert_eq!(report.entries as usize, log.len());
+
+        // No token, raw or hashed, anywhere in the log (nor in the export).
+        let (s, export) = {
+            let r = srv
+                .http()
+                .get(srv.url("/api/v1/admin-audit/export"))
+                .bearer_auth(&tokens[2].1)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        };
+        assert_eq!(s, 200);
+        let everything = serde_json::to_string(&all_entries(&store).await).unwrap();
+        for t in tokens.iter().map(|(_, t)| t.as_str()).chain([wrong]) {
+            let hashed = palisade_server::tokens::hash_token(t);
+            for haystack in [&everything, &export] {
+                assert!(!haystack.contains(t), "raw token in the audit log");
+                assert!(!haystack.contains(&hashed), "token hash in the audit log");
+            }
+        }
+        assert!(!everything.contains("pal_admin_"), "a token prefix leaked");
+        store.close().await;
+        srv.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn export_verifies_offline_and_api_pages() {
+    let srv = TestServer::start().await;
+    for i in 0..5 {
+        let (s, _) = srv
+            .admin(Method::POST, "/api/v1/enrollment-tokens", Some(json!({"note": format!("n{i}")})))
+            .await;
+        assert_eq!(s, 201);
+    }
+    let (s, page) = srv.admin(Method::GET, "/api/v1/admin-audit?limit=2", None).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_after_seq"], 2);
+    assert_eq!(page["head"]["seq"], 5);
+    let (_, rest) = srv.admin(Method::GET, "/api/v1/admin-audit?after_seq=2&limit=1000", None).await;
+    let seqs: Vec<i64> = rest["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    for bad in ["limit=0", "limit=1001", "after_seq=-1", "after_seq=x", "color=red"] {
+        let (s, v) = srv.admin(Method::GET, &format!("/api/v1/admin-audit?{bad}"), None).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert!(v["error"].is_string(), "{bad}: {v}");
+    }
+
+    let text = srv
+        .http()
+        .get(srv.url("/api/v1/admin-audit/export"))
+        .bearer_auth(&srv.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parsed = parse_export(&text).unwrap();
+    let trailer = parsed.trailer.clone().expect("export ends with a trailer");
+    assert!(trailer.instructions.contains("palisade audit verify"));
+    let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
+    let report = verify_export(&parsed, &key).unwrap();
+    assert_eq!(report.entries, parsed.entries.len() as u64);
+    assert_eq!(Some(trailer.chain_head.unwrap().seq), report.head_seq);
+    // With another key, the very first entry fails.
+    assert_eq!(
+        verify_export(&parsed, &AuditKey::from_bytes([0; 32])),
+        Err(VerifyError::HmacMismatch { seq: 1 })
+    );
+    srv.stop().await;
+}
+
+/// Runs a statement on the server's database directly (as an attacker with
+/// database access would), outside the store.
+struct Db {
+    sqlite: Option<sqlx::SqlitePool>,
+    pg: Option<sqlx::PgPool>,
+}
+
+impl Db {
+    async fn open(cfg: &palisade_server::ServerConfig) -> Self {
+        match &cfg.store.postgres_url {
+            None => Db {
+                sqlite: Some(
+                    sqlx::SqlitePool::connect(&format!("sqlite://{}", cfg.sqlite_path().display()))
+                        .await
+                        .unwrap(),
+                ),
+                pg: None,
+            },
+            Some(url) => {
+                use std::str::FromStr;
+                let schema = cfg.store.postgres_schema.clone().unwrap();
+                let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                    .unwrap()
+                    .options([("search_path", schema.as_str())]);
+                Db { sqlite: None, pg: Some(sqlx::PgPool::connect_with(opts).await.unwrap()) }
+            }
+        }
+    }
+
+    async fn exec(&self, sql: &str) {
+        if let Some(p) = &self.sqlite {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+        if let Some(p) = &self.pg {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+    }
+
+    async fn insert(&self, r: &AdminAuditRow) {
+        let sql = "INSERT INTO admin_audit (seq, time, actor_kind, actor_id, action, outcome, \
+                   target_type, target_id, ip, user_agent, details, prev_hash, hash, hmac) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+        macro_rules! bind_all {
+            ($q:expr) => {
+                $q.bind(r.seq).bind(r.time_ms).bind(&r.actor_kind).bind(&r.actor_id).bind(&r.action)
+                    .bind(&r.outcome).bind(&r.target_type).bind(&r.target_id).bind(&r.ip)
+                    .bind(&r.user_agent).bind(&r.details).bind(&r.prev_hash).bind(&r.hash).bind(&r.hmac)
+            };
+        }
+        if let Some(p) = &self.sqlite {
+            bind_all!(sqlx::query(sql)).execute(p).await.unwrap();
+        }
+        if let Some(p) = &self.pg {
+            bind_all!(sqlx::query(sql)).execute(p).await.unwrap();
+        }
+    }
+
+    /// Put the log back exactly as it was.
+    async fn restore(&self, rows: &[AdminAuditRow]) {
+        self.exec("DELETE FROM admin_audit").await;
+        for r in rows {
+            self.insert(r).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn tampering_in_the_database_is_detected_at_the_right_seq() {
+    for srv in servers().await {
+        // Build a real log through the API: 6 entries.
+        for _ in 0..3 {
+            srv.admin(Method::POST, "/api/v1/enrollment-tokens", Some(json!({}))).await;
+        }
+        let r = srv.http().get(srv.url("/api/v1/policy")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        srv.admin(Method::POST, "/api/v1/devices/ghost/revoke", None).await;
+        srv.admin(Method::POST, "/api/v1/tokens", Some(json!({"name": "v", "role": "viewer"}))).await;
+
+        let store = Store::open(&srv.cfg).await.unwrap();
+        let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
+        let original = store.admin_audit_page(0, 100).await.unwrap();
+        assert_eq!(original.len(), 6);
+        assert_eq!(verify_store(&store, &key).await.unwrap().entries, 6);
+        let db = Db::open(&srv.cfg).await;
+        let broken = |r: Result<_, VerifyStoreError>| match r {
+            Err(VerifyStoreError::Broken(e)) => e,
+            other => panic!("tampering not detected: {other:?}"),
+        };
+
+        // Edit a field.
+        db.exec("UPDATE admin_audit SET actor_id = 'someone-else' WHERE seq = 3").await;
+        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HashMismatch { seq: 3 });
+        db.restore(&original).await;
+        db.exec("UPDATE admin_audit SET details = '{\"max_uses\":1000}' WHERE seq = 2").await;
+        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HashMismatch { seq: 2 });
+        db.restore(&original).await;
+        assert!(verify_store(&store, &key).await.is_ok(), "restore must give back a valid log");
+
+        // Delete a row.
+        db.exec("DELETE FROM admin_audit WHERE seq = 4").await;
+        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::SeqGap { expected: 4, found: 5 });
+        db.restore(&original).await;
+
+        // Insert a forged row with a correct hash (anyone can compute it) but no key.
+        let mut forged = AuditEntry::from_row(&original[5]);
+        forged.seq = 7;
+        forged.prev_hash = original[5].hash.clone();
+        forged.details = json!({"forged": true});
+        forged.hash = forged.compute_hash();
+        forged.hmac = AuditKey::from_bytes([9; 32]).sign(&forged.hash).unwrap();
+        let mut row = original[5].clone();
+        row.seq = 7;
+        row.details = "{\"forged\":true}".into();
+        row.prev_hash = forged.prev_hash.clone();
+        row.hash = forged.hash.clone();
+        row.hmac = forged.hmac.clone();
+        db.insert(&row).await;
+        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HmacMismatch { seq: 7 });
+        db.restore(&original).await;
+
+        // Insert in the middle: shift seq 3.. up by one and put a row at 3.
+        db.exec("UPDATE admin_audit SET seq = seq + 100 WHERE seq >= 3").await;
+        db.exec("UPDATE admin_audit SET seq = seq - 99 WHERE seq >= 100").await;
+        let mut mid = original[2].clone();
+        mid.details = "{\"inserted\":true}".into();
+        db.insert(&mid).await;
+        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HashMismatch { seq: 3 });
+        db.restore(&original).await;
+
+        // Swap two rows.
+        db.exec("UPDATE admin_audit SET seq = -2 WHERE seq = 2").await;
+        db.exec("UPDATE admin_audit SET seq = 2 WHERE seq = 3").await;
+        db.exec("UPDATE admin_audit SET seq = 3 WHERE seq = -2").await;
+        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::BrokenLink { seq: 2 });
+        db.restore(&original).await;
+
+        assert_eq!(verify_store(&store, &key).await.unwrap().entries, 6);
+        store.close().await;
+        srv.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn viewers_get_events_without_prompt_or_response_text() {
+    let srv = TestServer::start().await;
+    let dev = srv.enroll_new("hw-viewer").await;
+    let mut c = srv.clients(&dev).await;
+    let mut rec = record(&dev.id, "openai");
+    let mut ev: Value = serde_json::from_slice(&rec.json).unwrap();
+    ev["request"]["prompt"] = json!("the secret merger plan");
+    ev["response"]["text"] = json!("here is the plan summary");
+    rec.json = serde_json::to_vec(&ev).unwrap();
+    let acks = upload(&mut c.audit, vec![batch(1, vec![rec])]).await.unwrap();
+    assert_eq!(acked_ids(&acks[0]).len(), 1);
+
+    let viewer = make_token(&srv, "dash", "viewer").await;
+    let auditor = make_token(&srv, "audit", "auditor").await;
+    let get = |t: String| {
+        let srv = &srv;
+        async move {
+            let r = srv.http().get(srv.url("/api/v1/events")).bearer_auth(t).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let as_viewer = get(viewer).await;
+    assert!(!as_viewer.contains("merger"), "{as_viewer}");
+    assert!(!as_viewer.contains("plan summary"), "{as_viewer}");
+    let v: Value = serde_json::from_str(&as_viewer).unwrap();
+    let e = &v["events"][0];
+    assert_eq!(e["request"]["prompt"], Value::Null);
+    assert_eq!(e["response"]["text"], Value::Null);
+    assert_eq!(e["provider"], "openai", "metadata stays: {e}");
+    // Roles that may read content still see it.
+    let as_auditor = get(auditor).await;
+    assert!(as_auditor.contains("the secret merger plan"));
+    assert!(as_auditor.contains("here is the plan summary"));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bad_token_requests_are_refused_with_clear_errors() {
+    let srv = TestServer::start().await;
+    for (body, needle) in [
+        (json!({"name": "x", "role": "root"}), "unknown role \"root\""),
+        (json!({"name": "", "role": "viewer"}), "name: must be 1..=64"),
+        (json!({"name": "a".repeat(65), "role": "viewer"}), "name: must be 1..=64"),
+        (json!({"name": "bad\nname", "role": "viewer"}), "control characters"),
+        (json!({"name": "x"}), "missing field `role`"),
+        (json!({"name": "x", "role": "viewer", "expires": 1}), "unknown field"),
+    ] {
+        let (s, v) = srv.admin(Method::POST, "/api/v1/tokens", Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    // A refused creation is audited as a failure and makes no token.
+    let store = Store::open(&srv.cfg).await.unwrap();
+    let log = all_entries(&store).await;
+    assert!(log.iter().all(|e| e.outcome == "failure" && e.action == "create"));
+    assert_eq!(log.len(), 6);
+    // A new token works at once and only for its role.
+    let t = make_token(&srv, "fresh", "approver").await;
+    let r = srv.http().get(srv.url("/api/v1/devices")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = srv.http().get(srv.url("/api/v1/admin-audit")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    store.close().await;
+    srv.stop().await;
+}
