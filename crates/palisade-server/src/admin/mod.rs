@@ -8,6 +8,7 @@
 //! they must never hold SQL, never echo a token back (except the one-time
 //! response that creates it), and never log request bodies.
 
+mod approvals;
 pub mod audit;
 pub mod rbac;
 
@@ -52,6 +53,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/tokens", post(new_admin_token))
         .route("/api/v1/admin-audit", get(audit::http::list))
         .route("/api/v1/admin-audit/export", get(audit::http::export))
+        .merge(approvals::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), rbac::authorize))
         .with_state(state)

@@ -115,7 +115,7 @@ pub enum DecideOutcome {
 /// carry a decision. Returns `Ok(None)` when it already does, `Err` with a
 /// reason when the stored document cannot be used. May be called more than
 /// once (a concurrent publish makes the store retry on the newer document).
-pub type PolicyEdit = dyn Fn(Option<&str>) -> Result<Option<String>, String> + Send + Sync;
+pub type PolicyEdit<'a> = dyn Fn(Option<&str>) -> Result<Option<String>, String> + Send + Sync + 'a;
 
 // === impl CatalogKind ===
 
@@ -262,7 +262,7 @@ impl Store {
         status: CatalogStatus,
         note: Option<&str>,
         actor: &str,
-        edit: &PolicyEdit,
+        edit: &PolicyEdit<'_>,
     ) -> Result<DecideOutcome, StoreError> {
         match self {
             Store::Sqlite(b) => {
@@ -283,10 +283,13 @@ const ENTRY_SELECT: &str = "SELECT c.kind, c.item_id, c.name, c.status, c.note, 
       WHERE i.kind = c.kind AND i.item_id = c.item_id AND d.revoked_at IS NULL) AS device_count \
      FROM catalog_items c";
 
-/// `$for_update`: the row-lock suffix for reading the entry being decided
-/// (PostgreSQL; SQLite's single writer makes it unnecessary and has no syntax for it).
+/// `$lock_policies`: a statement run first in a decision's transaction so
+/// that no other publish can take the next version before it commits (PostgreSQL:
+/// a table lock that also makes plain `insert_policy` wait; SQLite: none, its
+/// single in-process writer already serialises). `$for_update`: the row-lock
+/// suffix for reading the entry being decided (PostgreSQL only).
 macro_rules! catalog_impl {
-    ($backend:ty, $db:ty, $for_update:literal) => {
+    ($backend:ty, $db:ty, $lock_policies:literal, $for_update:literal) => {
         impl $backend {
             fn catalog_entry_from_row(
                 row: &<$db as sqlx::Database>::Row,
@@ -455,12 +458,13 @@ macro_rules! catalog_impl {
                 status: CatalogStatus,
                 note: Option<&str>,
                 actor: &str,
-                edit: &PolicyEdit,
+                edit: &PolicyEdit<'_>,
             ) -> Result<DecideOutcome, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
-                // Another server publishing at once takes the same next
-                // version; the loser re-reads the newer document and retries.
+                // A publish that slipped in anyway (e.g. another process's
+                // `insert_policy` on SQLite) takes the same next version; the
+                // loser re-reads the newer document and retries.
                 let mut attempt = 0;
                 let outcome = loop {
                     attempt += 1;
@@ -506,9 +510,12 @@ macro_rules! catalog_impl {
                 status: CatalogStatus,
                 note: Option<&str>,
                 actor: &str,
-                edit: &PolicyEdit,
+                edit: &PolicyEdit<'_>,
             ) -> Result<Option<(u64, bool, bool)>, StoreError> {
                 let mut tx = self.pool.begin().await?;
+                if !$lock_policies.is_empty() {
+                    sqlx::query($lock_policies).execute(&mut *tx).await?;
+                }
                 let row = sqlx::query(concat!(
                     "SELECT status FROM catalog_items WHERE kind = $1 AND item_id = $2",
                     $for_update
@@ -574,8 +581,13 @@ macro_rules! catalog_impl {
     };
 }
 
-catalog_impl!(SqliteBackend, sqlx::Sqlite, "");
-catalog_impl!(PgBackend, sqlx::Postgres, " FOR UPDATE");
+catalog_impl!(SqliteBackend, sqlx::Sqlite, "", "");
+catalog_impl!(
+    PgBackend,
+    sqlx::Postgres,
+    "LOCK TABLE policies IN SHARE ROW EXCLUSIVE MODE",
+    " FOR UPDATE"
+);
 
 #[cfg(test)]
 mod tests;

@@ -429,7 +429,7 @@ async fn unknown_items_and_unusable_policies_are_refused() {
 async fn concurrent_decisions_keep_every_rule() {
     for (store, _dir) in stores().await {
         enroll(&store, "d1").await;
-        let ids = ["a", "b", "c", "d", "e", "f"];
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
         let items: Vec<_> = ids.iter().map(|i| app(i)).collect();
         store.report_inventory("d1", &items, true).await.unwrap();
         let tasks: Vec<_> = ids
