@@ -44,6 +44,7 @@ fn cases(policy_doc: &Value) -> Vec<Case> {
         Case { method: Method::GET, path: "/api/v1/events", body: None, allowed: all, ok_status: Some(200), audited: false },
         Case { method: Method::GET, path: "/api/v1/usage", body: None, allowed: all, ok_status: None, audited: false },
         Case { method: Method::GET, path: "/api/v1/approvals", body: None, allowed: all, ok_status: None, audited: false },
+        Case { method: Method::GET, path: "/api/v1/approvals/app/no-such-app", body: None, allowed: all, ok_status: None, audited: false },
         Case { method: Method::POST, path: "/api/v1/approvals/app/no-such-app/approve", body: Some(json!({})), allowed: &["admin", "approver"], ok_status: None, audited: true },
         Case { method: Method::POST, path: "/api/v1/approvals/mcp/no-such-mcp/deny", body: Some(json!({})), allowed: &["admin", "approver"], ok_status: None, audited: true },
         Case { method: Method::GET, path: "/api/v1/admin-audit", body: None, allowed: &["admin", "auditor"], ok_status: Some(200), audited: false },

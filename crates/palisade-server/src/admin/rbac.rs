@@ -106,6 +106,7 @@ pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "GET", path: "/api/v1/events", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/usage", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/approvals", roles: ALL, audit: Audit::No },
+    Rule { method: "GET", path: "/api/v1/approvals/{kind}/{id}", roles: ALL, audit: Audit::No },
     Rule { method: "POST", path: "/api/v1/approvals/{kind}/{id}/approve", roles: APPROVERS, audit: Audit::Yes { action: Action::Approve, target: "{kind}" } },
     Rule { method: "POST", path: "/api/v1/approvals/{kind}/{id}/deny", roles: APPROVERS, audit: Audit::Yes { action: Action::Deny, target: "{kind}" } },
     Rule { method: "GET", path: "/api/v1/admin-audit", roles: AUDITORS, audit: Audit::No },
