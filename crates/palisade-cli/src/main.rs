@@ -4,6 +4,7 @@
 //! It must stay thin: subcommands live in their own modules with typed
 //! errors; anyhow appears only here.
 
+mod audit;
 mod events;
 mod time_arg;
 mod up;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check the control plane's tamper-evident admin audit log.
+    Audit(audit::AuditArgs),
     /// List audit records held in this device's spool.
     Events(events::EventsArgs),
     /// Start a control plane (embedded SQLite) and one enrolled agent on this machine.
@@ -73,6 +76,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 other => Ok(other?),
             }
+        }
+        Command::Audit(args) => {
+            let mut out = std::io::stdout();
+            Ok(rt.block_on(audit::run(args, &mut out))?)
         }
         Command::Up(_) => unreachable!("handled above"),
     }
