@@ -148,8 +148,8 @@ fn print_report(
 mod tests {
     use super::*;
     use palisade_server::admin::audit::{
-        Action, ActorKind, AuditEntry, AuditLog, ExportHead, ExportTrailer, NewAuditEntry,
-        Outcome, CANONICAL_DESCRIPTION, EXPORT_INSTRUCTIONS, FORMAT,
+        Action, ActorKind, AuditEntry, AuditLog, ExportHead, ExportTrailer, NewAuditEntry, Outcome,
+        CANONICAL_DESCRIPTION, EXPORT_INSTRUCTIONS, FORMAT,
     };
 
     /// A server data dir with a config, a key file and a log of `n` entries.
@@ -251,7 +251,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(e, AuditCliError::Broken(VerifyError::HashMismatch { seq: 2 })),
+            matches!(
+                e,
+                AuditCliError::Broken(VerifyError::HashMismatch { seq: 2 })
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("seq 2"), "{e}");
@@ -263,7 +266,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(e, AuditCliError::Broken(VerifyError::SeqGap { expected: 3, found: 4 })),
+            matches!(
+                e,
+                AuditCliError::Broken(VerifyError::SeqGap {
+                    expected: 3,
+                    found: 4
+                })
+            ),
             "{e}"
         );
     }
@@ -277,7 +286,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(e, AuditCliError::Broken(VerifyError::HmacMismatch { seq: 1 })),
+            matches!(
+                e,
+                AuditCliError::Broken(VerifyError::HmacMismatch { seq: 1 })
+            ),
             "{e}"
         );
 
@@ -293,10 +305,17 @@ mod tests {
 
         let empty = tempfile::tempdir().unwrap();
         let cfg2 = empty.path().join("s.toml");
-        std::fs::write(&cfg2, format!("data_dir = {:?}\n", empty.path().display().to_string())).unwrap();
+        std::fs::write(
+            &cfg2,
+            format!("data_dir = {:?}\n", empty.path().display().to_string()),
+        )
+        .unwrap();
         let e = verify(&args(Some(cfg2), None, None)).await.unwrap_err();
         assert!(e.to_string().contains("no store at"), "{e}");
-        assert!(!empty.path().join("palisade.db").exists(), "verify must not create a store");
+        assert!(
+            !empty.path().join("palisade.db").exists(),
+            "verify must not create a store"
+        );
 
         let junk = dir.path().join("junk.jsonl");
         std::fs::write(&junk, "{\"seq\": \"one\"}\n").unwrap();
@@ -316,7 +335,17 @@ mod tests {
         }
         assert!(T::try_parse_from(["t", "verify"]).is_err());
         assert!(T::try_parse_from(["t", "verify", "--file", "x"]).is_err());
-        assert!(T::try_parse_from(["t", "verify", "--file", "x", "--config", "y", "--key-file", "k"]).is_err());
+        assert!(T::try_parse_from([
+            "t",
+            "verify",
+            "--file",
+            "x",
+            "--config",
+            "y",
+            "--key-file",
+            "k"
+        ])
+        .is_err());
         assert!(T::try_parse_from(["t", "verify", "--file", "x", "--key-file", "k"]).is_ok());
         assert!(T::try_parse_from(["t", "verify", "--config", "y"]).is_ok());
     }

@@ -8,8 +8,7 @@
 mod support;
 
 use palisade_server::admin::audit::{
-    parse_export, verify_export, verify_store, AuditEntry, AuditKey, VerifyError,
-    VerifyStoreError,
+    parse_export, verify_export, verify_store, AuditEntry, AuditKey, VerifyError, VerifyStoreError,
 };
 use palisade_server::store::AdminAuditRow;
 use palisade_server::Store;
@@ -32,6 +31,7 @@ struct Case {
     audited: bool,
 }
 
+#[rustfmt::skip]
 fn cases(policy_doc: &Value) -> Vec<Case> {
     let all: &[&str] = &["admin", "approver", "auditor", "viewer"];
     vec![
@@ -87,7 +87,11 @@ async fn all_entries(store: &Store) -> Vec<AuditEntry> {
 
 async fn make_token(srv: &TestServer, name: &str, role: &str) -> String {
     let (s, v) = srv
-        .admin(Method::POST, "/api/v1/tokens", Some(json!({"name": name, "role": role})))
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": name, "role": role})),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["role"], role);
@@ -124,8 +128,10 @@ async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
         let wrong = "pal_admin_this-token-does-not-exist";
 
         for c in cases(&policy_doc) {
-            let mut callers: Vec<(String, Option<&str>)> =
-                vec![("no token".into(), None), ("wrong token".into(), Some(wrong))];
+            let mut callers: Vec<(String, Option<&str>)> = vec![
+                ("no token".into(), None),
+                ("wrong token".into(), Some(wrong)),
+            ];
             for (role, t) in &tokens {
                 callers.push((role.to_string(), Some(t.as_str())));
             }
@@ -134,7 +140,12 @@ async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
                 let (status, body) = call(&srv, token, &c).await;
                 let after = all_entries(&store).await;
                 let new: Vec<&AuditEntry> = after[before..].iter().collect();
-                let ctx = format!("{} {} as {who} ({}): {status} {body}", c.method, c.path, srv.cfg.store.postgres_url.is_some());
+                let ctx = format!(
+                    "{} {} as {who} ({}): {status} {body}",
+                    c.method,
+                    c.path,
+                    srv.cfg.store.postgres_url.is_some()
+                );
                 let refused_unauthenticated = who == "no token" || who == "wrong token";
                 match () {
                     _ if refused_unauthenticated => {
@@ -142,7 +153,11 @@ async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
                         assert_eq!(new.len(), 1, "a refusal must be audited: {ctx}");
                         assert_eq!(new[0].outcome, "failure", "{ctx}");
                         assert_eq!(new[0].action, "login", "{ctx}");
-                        let expected_actor = if who == "no token" { "anonymous" } else { "unknown" };
+                        let expected_actor = if who == "no token" {
+                            "anonymous"
+                        } else {
+                            "unknown"
+                        };
                         assert_eq!(new[0].actor.id, expected_actor, "{ctx}");
                     }
                     _ if !c.allowed.contains(&who.as_str()) => {
@@ -151,7 +166,11 @@ async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
                         let e = new[0];
                         assert_eq!(e.outcome, "failure", "{ctx}");
                         assert_eq!(e.actor.kind, "token", "{ctx}");
-                        let name = if who == "admin" { "test-admin".to_string() } else { format!("{who}-token") };
+                        let name = if who == "admin" {
+                            "test-admin".to_string()
+                        } else {
+                            format!("{who}-token")
+                        };
                         assert_eq!(e.actor.id, name, "{ctx}");
                         assert_eq!(e.details["caller_role"], who.as_str(), "{ctx}");
                         assert_eq!(e.user_agent.as_deref(), Some("rbac-table-test/1"), "{ctx}");
@@ -164,7 +183,11 @@ async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
                         }
                         assert_eq!(new.len(), usize::from(c.audited), "{ctx}");
                         if c.audited {
-                            let expect = if (200..300).contains(&status) { "success" } else { "failure" };
+                            let expect = if (200..300).contains(&status) {
+                                "success"
+                            } else {
+                                "failure"
+                            };
                             assert_eq!(new[0].outcome, expect, "{ctx}");
                         }
                     }
@@ -180,22 +203,34 @@ async fn every_endpoint_for_every_caller_and_each_refusal_is_audited() {
                 .unwrap_or_else(|| panic!("no successful {action} {ty}"))
         };
         let upd = find("update", "policy");
-        assert_eq!(upd.details["version"], json!(upd.target.id.parse::<u64>().unwrap()));
+        assert_eq!(
+            upd.details["version"],
+            json!(upd.target.id.parse::<u64>().unwrap())
+        );
         assert_eq!(find("create", "enrollment-token").actor.id, "test-admin");
         let made = log
             .iter()
             .find(|e| e.action == "create" && e.details["name"] == "made-in-table")
             .unwrap();
-        assert_eq!((made.target.kind.as_str(), &made.details["role"]), ("admin-token", &json!("viewer")));
+        assert_eq!(
+            (made.target.kind.as_str(), &made.details["role"]),
+            ("admin-token", &json!("viewer"))
+        );
         assert_eq!(find("create", "admin-token").details["role"], "approver");
         find("export", "admin-audit");
         let revoke = log
             .iter()
             .find(|e| e.action == "revoke" && e.target.kind == "device")
             .unwrap();
-        assert_eq!((revoke.outcome.as_str(), revoke.target.id.as_str()), ("failure", "no-such-device"));
+        assert_eq!(
+            (revoke.outcome.as_str(), revoke.target.id.as_str()),
+            ("failure", "no-such-device")
+        );
         let approve = log.iter().find(|e| e.action == "approve").unwrap();
-        assert_eq!((approve.target.kind.as_str(), approve.target.id.as_str()), ("app", "no-such-app"));
+        assert_eq!(
+            (approve.target.kind.as_str(), approve.target.id.as_str()),
+            ("app", "no-such-app")
+        );
 
         // The log the calls produced verifies.
         let report = verify_store(&store, &key).await.unwrap();
@@ -232,20 +267,45 @@ async fn export_verifies_offline_and_api_pages() {
     let srv = TestServer::start().await;
     for i in 0..5 {
         let (s, _) = srv
-            .admin(Method::POST, "/api/v1/enrollment-tokens", Some(json!({"note": format!("n{i}")})))
+            .admin(
+                Method::POST,
+                "/api/v1/enrollment-tokens",
+                Some(json!({"note": format!("n{i}")})),
+            )
             .await;
         assert_eq!(s, 201);
     }
-    let (s, page) = srv.admin(Method::GET, "/api/v1/admin-audit?limit=2", None).await;
+    let (s, page) = srv
+        .admin(Method::GET, "/api/v1/admin-audit?limit=2", None)
+        .await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["entries"].as_array().unwrap().len(), 2);
     assert_eq!(page["next_after_seq"], 2);
     assert_eq!(page["head"]["seq"], 5);
-    let (_, rest) = srv.admin(Method::GET, "/api/v1/admin-audit?after_seq=2&limit=1000", None).await;
-    let seqs: Vec<i64> = rest["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let (_, rest) = srv
+        .admin(
+            Method::GET,
+            "/api/v1/admin-audit?after_seq=2&limit=1000",
+            None,
+        )
+        .await;
+    let seqs: Vec<i64> = rest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![3, 4, 5]);
-    for bad in ["limit=0", "limit=1001", "after_seq=-1", "after_seq=x", "color=red"] {
-        let (s, v) = srv.admin(Method::GET, &format!("/api/v1/admin-audit?{bad}"), None).await;
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "after_seq=-1",
+        "after_seq=x",
+        "color=red",
+    ] {
+        let (s, v) = srv
+            .admin(Method::GET, &format!("/api/v1/admin-audit?{bad}"), None)
+            .await;
         assert_eq!(s, 400, "{bad}: {v}");
         assert!(v["error"].is_string(), "{bad}: {v}");
     }
@@ -299,7 +359,10 @@ impl Db {
                 let opts = sqlx::postgres::PgConnectOptions::from_str(url)
                     .unwrap()
                     .options([("search_path", schema.as_str())]);
-                Db { sqlite: None, pg: Some(sqlx::PgPool::connect_with(opts).await.unwrap()) }
+                Db {
+                    sqlite: None,
+                    pg: Some(sqlx::PgPool::connect_with(opts).await.unwrap()),
+                }
             }
         }
     }
@@ -319,9 +382,20 @@ impl Db {
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
         macro_rules! bind_all {
             ($q:expr) => {
-                $q.bind(r.seq).bind(r.time_ms).bind(&r.actor_kind).bind(&r.actor_id).bind(&r.action)
-                    .bind(&r.outcome).bind(&r.target_type).bind(&r.target_id).bind(&r.ip)
-                    .bind(&r.user_agent).bind(&r.details).bind(&r.prev_hash).bind(&r.hash).bind(&r.hmac)
+                $q.bind(r.seq)
+                    .bind(r.time_ms)
+                    .bind(&r.actor_kind)
+                    .bind(&r.actor_id)
+                    .bind(&r.action)
+                    .bind(&r.outcome)
+                    .bind(&r.target_type)
+                    .bind(&r.target_id)
+                    .bind(&r.ip)
+                    .bind(&r.user_agent)
+                    .bind(&r.details)
+                    .bind(&r.prev_hash)
+                    .bind(&r.hash)
+                    .bind(&r.hmac)
             };
         }
         if let Some(p) = &self.sqlite {
@@ -346,12 +420,24 @@ async fn tampering_in_the_database_is_detected_at_the_right_seq() {
     for srv in servers().await {
         // Build a real log through the API: 6 entries.
         for _ in 0..3 {
-            srv.admin(Method::POST, "/api/v1/enrollment-tokens", Some(json!({}))).await;
+            srv.admin(Method::POST, "/api/v1/enrollment-tokens", Some(json!({})))
+                .await;
         }
-        let r = srv.http().get(srv.url("/api/v1/policy")).send().await.unwrap();
+        let r = srv
+            .http()
+            .get(srv.url("/api/v1/policy"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
-        srv.admin(Method::POST, "/api/v1/devices/ghost/revoke", None).await;
-        srv.admin(Method::POST, "/api/v1/tokens", Some(json!({"name": "v", "role": "viewer"}))).await;
+        srv.admin(Method::POST, "/api/v1/devices/ghost/revoke", None)
+            .await;
+        srv.admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "v", "role": "viewer"})),
+        )
+        .await;
 
         let store = Store::open(&srv.cfg).await.unwrap();
         let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
@@ -365,17 +451,34 @@ async fn tampering_in_the_database_is_detected_at_the_right_seq() {
         };
 
         // Edit a field.
-        db.exec("UPDATE admin_audit SET actor_id = 'someone-else' WHERE seq = 3").await;
-        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HashMismatch { seq: 3 });
+        db.exec("UPDATE admin_audit SET actor_id = 'someone-else' WHERE seq = 3")
+            .await;
+        assert_eq!(
+            broken(verify_store(&store, &key).await),
+            VerifyError::HashMismatch { seq: 3 }
+        );
         db.restore(&original).await;
-        db.exec("UPDATE admin_audit SET details = '{\"max_uses\":1000}' WHERE seq = 2").await;
-        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HashMismatch { seq: 2 });
+        db.exec("UPDATE admin_audit SET details = '{\"max_uses\":1000}' WHERE seq = 2")
+            .await;
+        assert_eq!(
+            broken(verify_store(&store, &key).await),
+            VerifyError::HashMismatch { seq: 2 }
+        );
         db.restore(&original).await;
-        assert!(verify_store(&store, &key).await.is_ok(), "restore must give back a valid log");
+        assert!(
+            verify_store(&store, &key).await.is_ok(),
+            "restore must give back a valid log"
+        );
 
         // Delete a row.
         db.exec("DELETE FROM admin_audit WHERE seq = 4").await;
-        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::SeqGap { expected: 4, found: 5 });
+        assert_eq!(
+            broken(verify_store(&store, &key).await),
+            VerifyError::SeqGap {
+                expected: 4,
+                found: 5
+            }
+        );
         db.restore(&original).await;
 
         // Insert a forged row with a correct hash (anyone can compute it) but no key.
@@ -392,23 +495,37 @@ async fn tampering_in_the_database_is_detected_at_the_right_seq() {
         row.hash = forged.hash.clone();
         row.hmac = forged.hmac.clone();
         db.insert(&row).await;
-        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HmacMismatch { seq: 7 });
+        assert_eq!(
+            broken(verify_store(&store, &key).await),
+            VerifyError::HmacMismatch { seq: 7 }
+        );
         db.restore(&original).await;
 
         // Insert in the middle: shift seq 3.. up by one and put a row at 3.
-        db.exec("UPDATE admin_audit SET seq = seq + 100 WHERE seq >= 3").await;
-        db.exec("UPDATE admin_audit SET seq = seq - 99 WHERE seq >= 100").await;
+        db.exec("UPDATE admin_audit SET seq = seq + 100 WHERE seq >= 3")
+            .await;
+        db.exec("UPDATE admin_audit SET seq = seq - 99 WHERE seq >= 100")
+            .await;
         let mut mid = original[2].clone();
         mid.details = "{\"inserted\":true}".into();
         db.insert(&mid).await;
-        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::HashMismatch { seq: 3 });
+        assert_eq!(
+            broken(verify_store(&store, &key).await),
+            VerifyError::HashMismatch { seq: 3 }
+        );
         db.restore(&original).await;
 
         // Swap two rows.
-        db.exec("UPDATE admin_audit SET seq = -2 WHERE seq = 2").await;
-        db.exec("UPDATE admin_audit SET seq = 2 WHERE seq = 3").await;
-        db.exec("UPDATE admin_audit SET seq = 3 WHERE seq = -2").await;
-        assert_eq!(broken(verify_store(&store, &key).await), VerifyError::BrokenLink { seq: 2 });
+        db.exec("UPDATE admin_audit SET seq = -2 WHERE seq = 2")
+            .await;
+        db.exec("UPDATE admin_audit SET seq = 2 WHERE seq = 3")
+            .await;
+        db.exec("UPDATE admin_audit SET seq = 3 WHERE seq = -2")
+            .await;
+        assert_eq!(
+            broken(verify_store(&store, &key).await),
+            VerifyError::BrokenLink { seq: 2 }
+        );
         db.restore(&original).await;
 
         assert_eq!(verify_store(&store, &key).await.unwrap().entries, 6);
@@ -427,7 +544,9 @@ async fn viewers_get_events_without_prompt_or_response_text() {
     ev["request"]["prompt"] = json!("the secret merger plan");
     ev["response"]["text"] = json!("here is the plan summary");
     rec.json = serde_json::to_vec(&ev).unwrap();
-    let acks = upload(&mut c.audit, vec![batch(1, vec![rec])]).await.unwrap();
+    let acks = upload(&mut c.audit, vec![batch(1, vec![rec])])
+        .await
+        .unwrap();
     assert_eq!(acked_ids(&acks[0]).len(), 1);
 
     let viewer = make_token(&srv, "dash", "viewer").await;
@@ -435,7 +554,13 @@ async fn viewers_get_events_without_prompt_or_response_text() {
     let get = |t: String| {
         let srv = &srv;
         async move {
-            let r = srv.http().get(srv.url("/api/v1/events")).bearer_auth(t).send().await.unwrap();
+            let r = srv
+                .http()
+                .get(srv.url("/api/v1/events"))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             r.text().await.unwrap()
         }
@@ -459,27 +584,58 @@ async fn viewers_get_events_without_prompt_or_response_text() {
 async fn bad_token_requests_are_refused_with_clear_errors() {
     let srv = TestServer::start().await;
     for (body, needle) in [
-        (json!({"name": "x", "role": "root"}), "unknown role \"root\""),
-        (json!({"name": "", "role": "viewer"}), "name: must be 1..=64"),
-        (json!({"name": "a".repeat(65), "role": "viewer"}), "name: must be 1..=64"),
-        (json!({"name": "bad\nname", "role": "viewer"}), "control characters"),
+        (
+            json!({"name": "x", "role": "root"}),
+            "unknown role \"root\"",
+        ),
+        (
+            json!({"name": "", "role": "viewer"}),
+            "name: must be 1..=64",
+        ),
+        (
+            json!({"name": "a".repeat(65), "role": "viewer"}),
+            "name: must be 1..=64",
+        ),
+        (
+            json!({"name": "bad\nname", "role": "viewer"}),
+            "control characters",
+        ),
         (json!({"name": "x"}), "missing field `role`"),
-        (json!({"name": "x", "role": "viewer", "expires": 1}), "unknown field"),
+        (
+            json!({"name": "x", "role": "viewer", "expires": 1}),
+            "unknown field",
+        ),
     ] {
-        let (s, v) = srv.admin(Method::POST, "/api/v1/tokens", Some(body.clone())).await;
+        let (s, v) = srv
+            .admin(Method::POST, "/api/v1/tokens", Some(body.clone()))
+            .await;
         assert_eq!(s, 400, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
     }
     // A refused creation is audited as a failure and makes no token.
     let store = Store::open(&srv.cfg).await.unwrap();
     let log = all_entries(&store).await;
-    assert!(log.iter().all(|e| e.outcome == "failure" && e.action == "create"));
+    assert!(log
+        .iter()
+        .all(|e| e.outcome == "failure" && e.action == "create"));
     assert_eq!(log.len(), 6);
     // A new token works at once and only for its role.
     let t = make_token(&srv, "fresh", "approver").await;
-    let r = srv.http().get(srv.url("/api/v1/devices")).bearer_auth(&t).send().await.unwrap();
+    let r = srv
+        .http()
+        .get(srv.url("/api/v1/devices"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = srv.http().get(srv.url("/api/v1/admin-audit")).bearer_auth(&t).send().await.unwrap();
+    let r = srv
+        .http()
+        .get(srv.url("/api/v1/admin-audit"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     store.close().await;
     srv.stop().await;

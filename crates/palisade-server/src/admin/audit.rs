@@ -416,7 +416,9 @@ impl VerifyError {
         match self {
             VerifyError::SeqGap { expected, .. }
             | VerifyError::OutOfOrder { expected, .. }
-            | VerifyError::Truncated { found: expected, .. } => *expected,
+            | VerifyError::Truncated {
+                found: expected, ..
+            } => *expected,
             VerifyError::BrokenLink { seq }
             | VerifyError::HashMismatch { seq }
             | VerifyError::HmacMismatch { seq }
@@ -821,10 +823,12 @@ pub fn parse_export(text: &str) -> Result<ParsedExport, ExportParseError> {
             }
             trailer = Some(t);
         } else {
-            entries.push(serde_json::from_value(v).map_err(|e| ExportParseError::BadLine {
-                line: line_no,
-                reason: e.to_string(),
-            })?);
+            entries.push(
+                serde_json::from_value(v).map_err(|e| ExportParseError::BadLine {
+                    line: line_no,
+                    reason: e.to_string(),
+                })?,
+            );
         }
     }
     Ok(ParsedExport { entries, trailer })

@@ -96,6 +96,7 @@ const APPROVERS: &[Role] = &[Role::Admin, Role::Approver];
 const AUDITORS: &[Role] = &[Role::Admin, Role::Auditor];
 
 /// THE permission matrix. Anything not listed is refused for everyone.
+#[rustfmt::skip]
 pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "GET", path: "/api/v1/policy", roles: READERS, audit: Audit::No },
     Rule { method: "PUT", path: "/api/v1/policy", roles: ADMIN, audit: Audit::Yes { action: Action::Update, target: "policy" } },
@@ -217,9 +218,17 @@ pub(crate) async fn authorize(
                 };
                 (action, ty, m.param("id").unwrap_or("").to_string())
             }
-            Audit::No => (default_action(&method), "endpoint".to_string(), path.clone()),
+            Audit::No => (
+                default_action(&method),
+                "endpoint".to_string(),
+                path.clone(),
+            ),
         },
-        None => (default_action(&method), "endpoint".to_string(), path.clone()),
+        None => (
+            default_action(&method),
+            "endpoint".to_string(),
+            path.clone(),
+        ),
     };
 
     let token = req
@@ -231,15 +240,38 @@ pub(crate) async fn authorize(
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
         let refusal = json!({"reason": "no bearer token", "method": method.as_str(), "path": path});
-        record(&state, ActorKind::Token, "anonymous", Action::Login, Outcome::Failure, "endpoint", &path, &origin, refusal).await;
+        record(
+            &state,
+            ActorKind::Token,
+            "anonymous",
+            Action::Login,
+            Outcome::Failure,
+            "endpoint",
+            &path,
+            &origin,
+            refusal,
+        )
+        .await;
         return ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required").into_response();
     };
     let identity = match state.store.admin_token_identity(&hash_token(token)).await {
         Ok(Some(i)) => i,
         Ok(None) => {
             warn!(path, "Admin API: invalid token");
-            let refusal = json!({"reason": "invalid token", "method": method.as_str(), "path": path});
-            record(&state, ActorKind::Token, "unknown", Action::Login, Outcome::Failure, "endpoint", &path, &origin, refusal).await;
+            let refusal =
+                json!({"reason": "invalid token", "method": method.as_str(), "path": path});
+            record(
+                &state,
+                ActorKind::Token,
+                "unknown",
+                Action::Login,
+                Outcome::Failure,
+                "endpoint",
+                &path,
+                &origin,
+                refusal,
+            )
+            .await;
             return ApiError::new(StatusCode::UNAUTHORIZED, "invalid token").into_response();
         }
         Err(e) => return ApiError::from(e).into_response(),
@@ -250,7 +282,18 @@ pub(crate) async fn authorize(
             // A role this build does not know gets nothing (deny by default).
             error!(error = %e, token = %identity.name, "Admin token has an unknown role");
             let refusal = json!({"reason": "unknown role", "caller_token_id": identity.id});
-            record(&state, ActorKind::Token, &identity.name, action, Outcome::Failure, &target_type, &target_id, &origin, refusal).await;
+            record(
+                &state,
+                ActorKind::Token,
+                &identity.name,
+                action,
+                Outcome::Failure,
+                &target_type,
+                &target_id,
+                &origin,
+                refusal,
+            )
+            .await;
             return ApiError::new(StatusCode::FORBIDDEN, "forbidden").into_response();
         }
     };
@@ -263,9 +306,23 @@ pub(crate) async fn authorize(
             "method": method.as_str(),
             "path": path,
         });
-        record(&state, ActorKind::Token, &identity.name, action, Outcome::Failure, &target_type, &target_id, &origin, refusal).await;
-        return ApiError::new(StatusCode::FORBIDDEN, format!("role {} may not {} {}", role.as_str(), method, path))
-            .into_response();
+        record(
+            &state,
+            ActorKind::Token,
+            &identity.name,
+            action,
+            Outcome::Failure,
+            &target_type,
+            &target_id,
+            &origin,
+            refusal,
+        )
+        .await;
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not {} {}", role.as_str(), method, path),
+        )
+        .into_response();
     };
     req.extensions_mut().insert(Principal {
         token_id: identity.id.clone(),
@@ -275,7 +332,11 @@ pub(crate) async fn authorize(
     let response = next.run(req).await;
     if let Audit::Yes { .. } = m.rule.audit {
         let status = response.status();
-        let note = response.extensions().get::<AuditNote>().cloned().unwrap_or_default();
+        let note = response
+            .extensions()
+            .get::<AuditNote>()
+            .cloned()
+            .unwrap_or_default();
         let mut details = match note.details {
             Value::Object(map) => Value::Object(map),
             Value::Null => json!({}),
@@ -287,8 +348,23 @@ pub(crate) async fn authorize(
             obj.insert("caller_token_id".into(), json!(identity.id));
         }
         let target_id = note.target_id.unwrap_or(target_id);
-        let outcome = if status.is_success() { Outcome::Success } else { Outcome::Failure };
-        record(&state, ActorKind::Token, &identity.name, action, outcome, &target_type, &target_id, &origin, details).await;
+        let outcome = if status.is_success() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        record(
+            &state,
+            ActorKind::Token,
+            &identity.name,
+            action,
+            outcome,
+            &target_type,
+            &target_id,
+            &origin,
+            details,
+        )
+        .await;
     }
     response
 }
@@ -342,7 +418,13 @@ mod tests {
         let m = match_route(&Method::POST, "/api/v1/approvals/mcp/abc/approve").unwrap();
         assert_eq!(m.param("kind"), Some("mcp"));
         assert_eq!(m.param("id"), Some("abc"));
-        assert_eq!(m.rule.audit, Audit::Yes { action: Action::Approve, target: "{kind}" });
+        assert_eq!(
+            m.rule.audit,
+            Audit::Yes {
+                action: Action::Approve,
+                target: "{kind}"
+            }
+        );
         let m = match_route(&Method::POST, "/api/v1/devices/d1/revoke").unwrap();
         assert_eq!(m.param("id"), Some("d1"));
         assert!(match_route(&Method::DELETE, "/api/v1/policy").is_none());
@@ -355,16 +437,33 @@ mod tests {
     fn matrix_has_no_duplicate_rows_and_mutations_are_audited() {
         for (i, a) in PERMISSIONS.iter().enumerate() {
             for b in &PERMISSIONS[i + 1..] {
-                assert!(!(a.method == b.method && a.path == b.path), "duplicate {} {}", a.method, a.path);
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "duplicate {} {}",
+                    a.method,
+                    a.path
+                );
             }
             if a.method != "GET" {
-                assert!(matches!(a.audit, Audit::Yes { .. }), "{} {} must be audited", a.method, a.path);
+                assert!(
+                    matches!(a.audit, Audit::Yes { .. }),
+                    "{} {} must be audited",
+                    a.method,
+                    a.path
+                );
             }
             assert!(!a.roles.is_empty());
         }
         // Only admins manage policy and tokens.
-        for path in ["/api/v1/policy", "/api/v1/tokens", "/api/v1/enrollment-tokens"] {
-            let m = PERMISSIONS.iter().find(|r| r.path == path && r.method != "GET").unwrap();
+        for path in [
+            "/api/v1/policy",
+            "/api/v1/tokens",
+            "/api/v1/enrollment-tokens",
+        ] {
+            let m = PERMISSIONS
+                .iter()
+                .find(|r| r.path == path && r.method != "GET")
+                .unwrap();
             assert_eq!(m.roles, &[Role::Admin]);
         }
     }

@@ -11,14 +11,22 @@ fn key() -> AuditKey {
 fn chain(n: i64, key: &AuditKey) -> Vec<AuditEntry> {
     let mut out: Vec<AuditEntry> = Vec::new();
     for seq in 1..=n {
-        let prev_hash = out.last().map_or(GENESIS_HASH.to_string(), |e| e.hash.clone());
+        let prev_hash = out
+            .last()
+            .map_or(GENESIS_HASH.to_string(), |e| e.hash.clone());
         let mut e = AuditEntry {
             seq,
             time: Utc.timestamp_millis_opt(1_700_000_000_000 + seq).unwrap(),
-            actor: Actor { kind: "token".into(), id: "ops".into() },
+            actor: Actor {
+                kind: "token".into(),
+                id: "ops".into(),
+            },
             action: "update".into(),
             outcome: "success".into(),
-            target: Target { kind: "policy".into(), id: seq.to_string() },
+            target: Target {
+                kind: "policy".into(),
+                id: seq.to_string(),
+            },
             ip: Some("127.0.0.1".into()),
             user_agent: None,
             details: json!({"version": seq, "b": [1, {"z": 1, "a": 2}]}),
@@ -56,7 +64,10 @@ fn canonical_json_ignores_key_insertion_order() {
     let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"q\"uote"}}"#).unwrap();
     let b: Value = serde_json::from_str(r#"{"a":{"x":"q\"uote","y":[1,2]},"b":1}"#).unwrap();
     assert_eq!(canonical_json(&a), canonical_json(&b));
-    assert_eq!(canonical_json(&a), r#"{"a":{"x":"q\"uote","y":[1,2]},"b":1}"#);
+    assert_eq!(
+        canonical_json(&a),
+        r#"{"a":{"x":"q\"uote","y":[1,2]},"b":1}"#
+    );
 }
 
 #[test]
@@ -77,15 +88,27 @@ fn every_kind_of_tampering_names_the_first_bad_seq() {
 
     let mut edited = good.clone();
     edited[2].details = json!({"version": 99});
-    assert_eq!(verify(&edited, &k), Err(VerifyError::HashMismatch { seq: 3 }));
+    assert_eq!(
+        verify(&edited, &k),
+        Err(VerifyError::HashMismatch { seq: 3 })
+    );
 
     let mut actor = good.clone();
     actor[1].actor.id = "someone-else".into();
-    assert_eq!(verify(&actor, &k), Err(VerifyError::HashMismatch { seq: 2 }));
+    assert_eq!(
+        verify(&actor, &k),
+        Err(VerifyError::HashMismatch { seq: 2 })
+    );
 
     let mut deleted = good.clone();
     deleted.remove(2);
-    assert_eq!(verify(&deleted, &k), Err(VerifyError::SeqGap { expected: 3, found: 4 }));
+    assert_eq!(
+        verify(&deleted, &k),
+        Err(VerifyError::SeqGap {
+            expected: 3,
+            found: 4
+        })
+    );
 
     let mut first_gone = good.clone();
     first_gone.remove(0);
@@ -93,18 +116,33 @@ fn every_kind_of_tampering_names_the_first_bad_seq() {
 
     let mut swapped = good.clone();
     swapped.swap(1, 2);
-    assert_eq!(verify(&swapped, &k), Err(VerifyError::SeqGap { expected: 2, found: 3 }));
+    assert_eq!(
+        verify(&swapped, &k),
+        Err(VerifyError::SeqGap {
+            expected: 2,
+            found: 3
+        })
+    );
 
     let mut duplicated = good.clone();
     duplicated.insert(2, good[1].clone());
-    assert_eq!(verify(&duplicated, &k), Err(VerifyError::OutOfOrder { expected: 3, found: 2 }));
+    assert_eq!(
+        verify(&duplicated, &k),
+        Err(VerifyError::OutOfOrder {
+            expected: 3,
+            found: 2
+        })
+    );
 
     // Swapping contents but renumbering (what an UPDATE of seq does) breaks the link.
     let mut renumbered = good.clone();
     renumbered.swap(1, 2);
     renumbered[1].seq = 2;
     renumbered[2].seq = 3;
-    assert_eq!(verify(&renumbered, &k), Err(VerifyError::BrokenLink { seq: 2 }));
+    assert_eq!(
+        verify(&renumbered, &k),
+        Err(VerifyError::BrokenLink { seq: 2 })
+    );
 
     // A forger without the key can compute a correct hash but not the HMAC.
     let mut forged = good.clone();
@@ -115,7 +153,10 @@ fn every_kind_of_tampering_names_the_first_bad_seq() {
     f.hash = f.compute_hash();
     f.hmac = AuditKey::from_bytes([8; 32]).sign(&f.hash).unwrap();
     forged.push(f);
-    assert_eq!(verify(&forged, &k), Err(VerifyError::HmacMismatch { seq: 6 }));
+    assert_eq!(
+        verify(&forged, &k),
+        Err(VerifyError::HmacMismatch { seq: 6 })
+    );
 
     // Inserted in the middle with the following entries renumbered.
     let mut inserted = good.clone();
@@ -128,18 +169,30 @@ fn every_kind_of_tampering_names_the_first_bad_seq() {
         e.seq += 1;
     }
     inserted.insert(2, f);
-    assert_eq!(verify(&inserted, &k), Err(VerifyError::HmacMismatch { seq: 3 }));
+    assert_eq!(
+        verify(&inserted, &k),
+        Err(VerifyError::HmacMismatch { seq: 3 })
+    );
 
     let mut bad_hash = good.clone();
     bad_hash[3].hash = "zz".into();
-    assert_eq!(verify(&bad_hash, &k), Err(VerifyError::HashMismatch { seq: 4 }));
+    assert_eq!(
+        verify(&bad_hash, &k),
+        Err(VerifyError::HashMismatch { seq: 4 })
+    );
 
     let mut bad_hmac = good.clone();
     bad_hmac[0].hmac = "not hex".into();
-    assert_eq!(verify(&bad_hmac, &k), Err(VerifyError::HmacMismatch { seq: 1 }));
+    assert_eq!(
+        verify(&bad_hmac, &k),
+        Err(VerifyError::HmacMismatch { seq: 1 })
+    );
 
     // Signed with a different key: the first entry fails.
-    assert_eq!(verify(&good, &AuditKey::from_bytes([1; 32])), Err(VerifyError::HmacMismatch { seq: 1 }));
+    assert_eq!(
+        verify(&good, &AuditKey::from_bytes([1; 32])),
+        Err(VerifyError::HmacMismatch { seq: 1 })
+    );
 }
 
 #[test]
@@ -162,10 +215,19 @@ fn stored_details_that_are_not_json_fail_as_a_hash_mismatch() {
         hash: e.hash.clone(),
         hmac: e.hmac.clone(),
     };
-    let ok: Vec<AuditEntry> = good.iter().map(|e| AuditEntry::from_row(&row(e, canonical_json(&e.details)))).collect();
+    let ok: Vec<AuditEntry> = good
+        .iter()
+        .map(|e| AuditEntry::from_row(&row(e, canonical_json(&e.details))))
+        .collect();
     assert!(verify(&ok, &k).is_ok());
-    let broken = [ok[0].clone(), AuditEntry::from_row(&row(&good[1], "{not json".into()))];
-    assert_eq!(verify(&broken, &k), Err(VerifyError::HashMismatch { seq: 2 }));
+    let broken = [
+        ok[0].clone(),
+        AuditEntry::from_row(&row(&good[1], "{not json".into())),
+    ];
+    assert_eq!(
+        verify(&broken, &k),
+        Err(VerifyError::HashMismatch { seq: 2 })
+    );
 }
 
 #[test]
@@ -179,7 +241,10 @@ fn export_round_trips_and_trailer_catches_truncation() {
     }
     let trailer = ExportTrailer {
         format: FORMAT.into(),
-        chain_head: Some(ExportHead { seq: 3, hash: entries[2].hash.clone() }),
+        chain_head: Some(ExportHead {
+            seq: 3,
+            hash: entries[2].hash.clone(),
+        }),
         entries: 3,
         canonical: CANONICAL_DESCRIPTION.into(),
         instructions: EXPORT_INSTRUCTIONS.into(),
@@ -193,22 +258,47 @@ fn export_round_trips_and_trailer_catches_truncation() {
     let mut lines: Vec<&str> = full.lines().collect();
     lines.remove(2);
     let cut = parse_export(&lines.join("\n")).unwrap();
-    assert_eq!(verify_export(&cut, &k), Err(VerifyError::Truncated { expected: 3, found: 2 }));
+    assert_eq!(
+        verify_export(&cut, &k),
+        Err(VerifyError::Truncated {
+            expected: 3,
+            found: 2
+        })
+    );
 
     let mut wrong_head = parsed.clone();
-    wrong_head.trailer.as_mut().unwrap().chain_head.as_mut().unwrap().hash = "ab".repeat(32);
-    assert_eq!(verify_export(&wrong_head, &k), Err(VerifyError::HeadMismatch { seq: 3 }));
+    wrong_head
+        .trailer
+        .as_mut()
+        .unwrap()
+        .chain_head
+        .as_mut()
+        .unwrap()
+        .hash = "ab".repeat(32);
+    assert_eq!(
+        verify_export(&wrong_head, &k),
+        Err(VerifyError::HeadMismatch { seq: 3 })
+    );
 }
 
 #[test]
 fn bad_export_lines_are_named() {
     let e = parse_export("{\"seq\":1}\n").unwrap_err();
-    assert!(matches!(e, ExportParseError::BadLine { line: 1, .. }), "{e}");
+    assert!(
+        matches!(e, ExportParseError::BadLine { line: 1, .. }),
+        "{e}"
+    );
     let e = parse_export("\nnot json\n").unwrap_err();
-    assert!(matches!(e, ExportParseError::BadLine { line: 2, .. }), "{e}");
+    assert!(
+        matches!(e, ExportParseError::BadLine { line: 2, .. }),
+        "{e}"
+    );
     let trailer = r#"{"format":"palisade-admin-audit/1","chain_head":null,"entries":0,"canonical":"","instructions":""}"#;
     let e = parse_export(&format!("{trailer}\n{trailer}\n")).unwrap_err();
-    assert!(matches!(e, ExportParseError::AfterTrailer { line: 2 }), "{e}");
+    assert!(
+        matches!(e, ExportParseError::AfterTrailer { line: 2 }),
+        "{e}"
+    );
     let e = parse_export(&trailer.replace("/1", "/9")).unwrap_err();
     assert!(matches!(e, ExportParseError::Format(_)), "{e}");
     assert_eq!(parse_export("").unwrap().entries.len(), 0);
@@ -252,9 +342,14 @@ fn malformed_key_files_are_refused_clearly() {
 #[tokio::test]
 async fn concurrent_appends_from_two_writers_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open_sqlite(&dir.path().join("a.db"), 4).await.unwrap();
+    let sqlite = Store::open_sqlite(&dir.path().join("a.db"), 4)
+        .await
+        .unwrap();
     let mut pairs = vec![(sqlite.clone(), sqlite)];
-    if let Some(url) = std::env::var("PALISADE_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty()) {
+    if let Some(url) = std::env::var("PALISADE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
         let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
         let a = Store::open_postgres(&url, Some(&schema), 4).await.unwrap();
         let b = Store::open_postgres(&url, Some(&schema), 4).await.unwrap();
@@ -262,7 +357,10 @@ async fn concurrent_appends_from_two_writers_keep_one_chain() {
     }
     for (a, b) in pairs {
         let k = key();
-        let logs = [Arc::new(AuditLog::new(a.clone(), k.clone())), Arc::new(AuditLog::new(b, k.clone()))];
+        let logs = [
+            Arc::new(AuditLog::new(a.clone(), k.clone())),
+            Arc::new(AuditLog::new(b, k.clone())),
+        ];
         let mut tasks = Vec::new();
         for i in 0..40 {
             let log = logs[i % 2].clone();
@@ -294,7 +392,9 @@ async fn concurrent_appends_from_two_writers_keep_one_chain() {
 #[tokio::test]
 async fn appended_entries_are_trimmed_and_round_trip_through_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("a.db"), 1).await.unwrap();
+    let store = Store::open_sqlite(&dir.path().join("a.db"), 1)
+        .await
+        .unwrap();
     let log = AuditLog::new(store.clone(), key());
     let e = log
         .append(NewAuditEntry {
@@ -311,7 +411,10 @@ async fn appended_entries_are_trimmed_and_round_trip_through_the_store() {
         .await
         .unwrap();
     assert_eq!(e.target.id.chars().count(), MAX_FIELD_CHARS);
-    assert_eq!(e.user_agent.as_ref().unwrap().chars().count(), MAX_FIELD_CHARS);
+    assert_eq!(
+        e.user_agent.as_ref().unwrap().chars().count(),
+        MAX_FIELD_CHARS
+    );
     let rows = store.admin_audit_page(0, 10).await.unwrap();
     assert_eq!(AuditEntry::from_row(&rows[0]), e);
     assert_eq!(rows[0].details, r#"{"a":[true,null],"z":1}"#);
