@@ -4,6 +4,7 @@
 //! It must stay thin: subcommands live in their own modules with typed
 //! errors; anyhow appears only here.
 
+mod approvals;
 mod audit;
 mod events;
 mod time_arg;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List AI apps and MCP servers seen across the fleet; approve or deny them.
+    Approvals(approvals::ApprovalsArgs),
     /// Check the control plane's tamper-evident admin audit log.
     Audit(audit::AuditArgs),
     /// List audit records held in this device's spool.
@@ -76,6 +79,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 other => Ok(other?),
             }
+        }
+        Command::Approvals(args) => {
+            let mut out = std::io::stdout();
+            Ok(rt.block_on(approvals::run(args, &mut out))?)
         }
         Command::Audit(args) => {
             let mut out = std::io::stdout();
