@@ -191,10 +191,7 @@ async fn scenario(srv: TestServer) {
     srv.stop().await;
 }
 
-/// Needs the row `GET /api/v1/approvals/{kind}/{id}` (readers) in
-/// `admin::rbac::PERMISSIONS`, which refuses unlisted routes.
 #[tokio::test]
-#[ignore = "needs GET /api/v1/approvals/{kind}/{id} in admin::rbac::PERMISSIONS"]
 async fn detail_lists_devices_and_clients() {
     let srv = TestServer::start().await;
     let d1 = srv.enroll_new("hw-1").await;
