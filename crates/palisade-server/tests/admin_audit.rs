@@ -619,6 +619,17 @@ async fn bad_token_requests_are_refused_with_clear_errors() {
         .iter()
         .all(|e| e.outcome == "failure" && e.action == "create"));
     assert_eq!(log.len(), 6);
+    // A refused call's path is cut to the field limit and its query never kept.
+    let long = format!("/api/v1/{}?filter=ann@example.com", "x".repeat(5000));
+    let r = srv.http().get(srv.url(&long)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let last = all_entries(&store).await.pop().unwrap();
+    assert_eq!(last.target.id.chars().count(), 256);
+    let text = serde_json::to_string(&last).unwrap();
+    assert!(
+        !text.contains("ann@example.com") && !text.contains(&"x".repeat(300)),
+        "{text}"
+    );
     // A new token works at once and only for its role.
     let t = make_token(&srv, "fresh", "approver").await;
     let r = srv

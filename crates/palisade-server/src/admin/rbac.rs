@@ -9,7 +9,7 @@
 //! the presented bearer token (only the token's name), nor a request body,
 //! nor a query string (it may carry filters with personal data).
 
-use super::audit::{Action, ActorKind, NewAuditEntry, Outcome};
+use super::audit::{Action, ActorKind, NewAuditEntry, Outcome, MAX_FIELD_CHARS};
 use super::{AdminState, ApiError};
 use crate::tokens::hash_token;
 use axum::extract::{ConnectInfo, Request, State};
@@ -196,7 +196,9 @@ pub(crate) async fn authorize(
     next: Next,
 ) -> Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Only the path (never the query), cut to the audit field limit: a
+    // scanner's garbage must not bloat the log.
+    let path: String = req.uri().path().chars().take(MAX_FIELD_CHARS).collect();
     let origin = Origin {
         ip: req
             .extensions()
