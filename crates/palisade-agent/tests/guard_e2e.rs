@@ -297,6 +297,22 @@ async fn a_blocked_stream_ends_with_an_error_event_before_the_secret() {
         .any(|f| f.detector == "aws_access_key" && f.action == "block" && f.location == palisade_core::FindingLocation::Response));
     assert_eq!(i.response.text.as_deref(), Some("Here is the key: "), "what the client got");
     assert!(!serde_json::to_string(&ev).unwrap().contains(AWS_KEY));
+
+    // The same over HTTP/2.
+    let r = h
+        .client(false)
+        .post("https://api.openai.com/v1/chat/completions")
+        .header("x-fake-text", PIECES.join("|"))
+        .json(&chat_request(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let text = r.text().await.unwrap();
+    assert!(text.starts_with(&head) && !text.contains(AWS_KEY), "{text}");
+    assert!(text[head.len()..].starts_with("data: {\"error\""), "{text}");
+    let ev = h.next_event().await;
+    assert_eq!(interaction(&ev).policy.decision, RecordDecision::Block);
     h.stop().await;
 }
 
