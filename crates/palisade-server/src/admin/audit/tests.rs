@@ -420,3 +420,42 @@ async fn appended_entries_are_trimmed_and_round_trip_through_the_store() {
     assert_eq!(rows[0].details, r#"{"a":[true,null],"z":1}"#);
     assert_eq!(verify_store(&store, &key()).await.unwrap().entries, 1);
 }
+
+/// Measurement, not a check: append and verify rates on SQLite.
+/// `cargo test -p palisade-server --lib audit_rates -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "measurement; run explicitly"]
+async fn audit_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("a.db"), 4)
+        .await
+        .unwrap();
+    let log = AuditLog::new(store.clone(), key());
+    let n = 2000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        log.append(NewAuditEntry {
+            actor_kind: ActorKind::Token,
+            actor_id: "ops".into(),
+            action: Action::Update,
+            outcome: Outcome::Success,
+            target_type: "policy".into(),
+            target_id: i.to_string(),
+            ip: Some("127.0.0.1".into()),
+            user_agent: Some("curl/8".into()),
+            details: json!({"version": i, "status": 200}),
+        })
+        .await
+        .unwrap();
+    }
+    let append = t.elapsed();
+    let t = std::time::Instant::now();
+    let r = verify_store(&store, &key()).await.unwrap();
+    let verify = t.elapsed();
+    assert_eq!(r.entries, n as u64);
+    println!(
+        "audit_rates: {n} appends in {append:?} ({:.0}/s, one fsync'd transaction each); verify from store {verify:?} ({:.0} entries/s)",
+        n as f64 / append.as_secs_f64(),
+        n as f64 / verify.as_secs_f64()
+    );
+}
