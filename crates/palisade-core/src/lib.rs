@@ -8,7 +8,10 @@ pub mod policy;
 pub mod record;
 
 pub use host::HostPattern;
-pub use policy::{AiHost, CaptureMode, Decision, GuardAction, PendingMode, Policy, PolicyError};
+pub use policy::{
+    AiHost, CaptureMode, CaptureOverride, CaptureScope, CaptureSubject, Decision, GuardAction,
+    PendingMode, Policy, PolicyError,
+};
 pub use record::{
     AppRef, AuditEvent, DeviceRef, EventKind, Finding, FindingLocation, Interaction, PolicyRef, RecordDecision,
     RequestCapture, ResponseCapture, Timing, Usage, UserRef,
