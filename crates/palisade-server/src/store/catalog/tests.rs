@@ -497,3 +497,55 @@ async fn paging_and_empty_reports() {
         store.close().await;
     }
 }
+
+/// Measurement, not a check: 500 devices each reporting the same 20 MCP
+/// servers and 10 apps, then listing and opening one entry. Run with
+/// `cargo test -p palisade-server --release -- --ignored catalog_fleet_scale --nocapture`.
+#[tokio::test]
+#[ignore = "measurement"]
+async fn catalog_fleet_scale() {
+    for (store, _dir) in stores().await {
+        let items: Vec<_> = (0..20)
+            .map(|i| mcp(&format!("fp{i}"), "server", "cursor"))
+            .chain((0..10).map(|i| app(&format!("app{i}"))))
+            .collect();
+        let t = std::time::Instant::now();
+        for d in 0..500 {
+            let id = format!("d{d}");
+            enroll(&store, &id).await;
+            store.report_inventory(&id, &items, true).await.unwrap();
+        }
+        let enroll_and_report = t.elapsed();
+        let t = std::time::Instant::now();
+        for d in 0..500 {
+            store
+                .report_inventory(&format!("d{d}"), &items, true)
+                .await
+                .unwrap();
+        }
+        let rereport = t.elapsed();
+        let t = std::time::Instant::now();
+        let list = store.list_catalog(&all()).await.unwrap();
+        let list_time = t.elapsed();
+        assert_eq!(list.len(), 30);
+        assert!(list.iter().all(|e| e.device_count == 500));
+        let t = std::time::Instant::now();
+        let d = store
+            .catalog_detail(CatalogKind::McpServer, "fp7", 1000)
+            .await
+            .unwrap()
+            .unwrap();
+        let detail_time = t.elapsed();
+        assert_eq!(d.devices.len(), 500);
+        println!(
+            "{}: enroll+first report x500 {:?}; re-report x500 {:?} ({:?}/report of 30 items); list 30 entries {:?}; detail with 500 devices {:?}",
+            store.backend_name(),
+            enroll_and_report,
+            rereport,
+            rereport / 500,
+            list_time,
+            detail_time
+        );
+        store.close().await;
+    }
+}
