@@ -116,6 +116,8 @@ async fn put_policy(
 ) -> Result<Response, ApiError> {
     let policy = Policy::from_json(&body)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    check_guardrails(&policy)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let doc = serde_json::to_string(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let version = s.store.insert_policy(&doc, &actor.name).await?;
     info!(version, author = %actor.name, "Policy published");
@@ -127,6 +129,16 @@ async fn put_policy(
         details: json!({ "version": version }),
     };
     Ok((Extension(note), Json(json!({ "version": version }))).into_response())
+}
+
+/// Compile the guardrails exactly as agents will (request and response
+/// actions), so a policy every agent would refuse is refused here, naming
+/// each bad rule and why.
+pub(crate) fn check_guardrails(policy: &Policy) -> Result<(), String> {
+    palisade_guard::validate_custom_rules(&policy.guardrails).map_err(|e| e.to_string())?;
+    palisade_guard::Guard::new(&policy.guardrails).map_err(|e| e.to_string())?;
+    palisade_guard::Guard::new(&policy.guardrails.for_responses()).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn device_json(d: &DeviceRecord) -> Value {
