@@ -147,6 +147,45 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// A new exchange, starting now, judged by the policy in force now.
+    pub fn new(
+        state: &Arc<ProxyState>,
+        conn: &Arc<ClientConn>,
+        host: &str,
+        ep: Endpoint,
+        method: &str,
+        path: &str,
+    ) -> Self {
+        let active = state.policy.current();
+        Exchange {
+            state: state.clone(),
+            conn: conn.clone(),
+            host: host.to_string(),
+            ep,
+            started: Instant::now(),
+            time: Utc::now(),
+            method: method.to_string(),
+            path: path.to_string(),
+            req_body: Bytes::new(),
+            req_encoding: None,
+            req_bytes: 0,
+            req_tail_bytes: None,
+            req_truncated: false,
+            policy: PolicyRef {
+                decision: RecordDecision::Allow,
+                rule: None,
+                version: active.version,
+            },
+            active,
+            findings: Vec::new(),
+            guard_skipped: None,
+            status: None,
+            ttfb_ms: None,
+            error: None,
+            mcp: None,
+        }
+    }
+
     /// The endpoint name guardrails and the record use: `mcp` for MCP traffic.
     pub fn endpoint_name(&self) -> &'static str {
         if self.mcp.is_some() {

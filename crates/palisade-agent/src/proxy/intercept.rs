@@ -19,7 +19,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use palisade_core::{PolicyRef, RecordDecision};
+use palisade_core::RecordDecision;
 use palisade_guard::VerdictAction;
 use palisade_providers::{classify, ApiFormat};
 use std::sync::Arc;
@@ -203,34 +203,12 @@ async fn forward(
         return block_response(&b.name);
     }
     let ep = classify(&target.provider, parts.method.as_str(), &path);
-    let policy = state.policy.current();
-    let mut ex = Exchange {
-        state: state.clone(),
-        conn: conn.clone(),
-        host: target.host.clone(),
-        ep,
-        started,
-        time,
-        method: parts.method.to_string(),
-        path: path.clone(),
-        req_body: Bytes::new(),
-        req_encoding: header_str(&parts.headers, header::CONTENT_ENCODING),
-        req_bytes: 0,
-        req_tail_bytes: None,
-        req_truncated: false,
-        policy: PolicyRef {
-            decision: RecordDecision::Allow,
-            rule: None,
-            version: policy.version,
-        },
-        active: policy.clone(),
-        findings: Vec::new(),
-        guard_skipped: None,
-        status: None,
-        ttfb_ms: None,
-        error: None,
-        mcp: None,
-    };
+    let mut ex = Exchange::new(&state, &conn, &target.host, ep, parts.method.as_str(), &path);
+    // One policy version judges the whole exchange.
+    let policy = ex.active.clone();
+    ex.started = started;
+    ex.time = time;
+    ex.req_encoding = header_str(&parts.headers, header::CONTENT_ENCODING);
 
     // A denied (or, when pending means block, unapproved) app is refused
     // before a byte of its request leaves.
@@ -797,33 +775,7 @@ pub fn provider_error(format: ApiFormat, status: StatusCode, message: &str) -> R
 
 /// A record for a connection that never got to a request.
 fn record_failure(state: &Arc<ProxyState>, conn: &Arc<ClientConn>, host: &str, provider: &str, msg: String) {
-    let policy = state.policy.current();
-    let ex = Exchange {
-        state: state.clone(),
-        conn: conn.clone(),
-        host: host.to_string(),
-        ep: classify(provider, "CONNECT", "/"),
-        started: Instant::now(),
-        time: Utc::now(),
-        method: String::new(),
-        path: String::new(),
-        req_body: Bytes::new(),
-        req_encoding: None,
-        req_bytes: 0,
-        req_tail_bytes: None,
-        req_truncated: false,
-        policy: PolicyRef {
-            decision: RecordDecision::Allow,
-            rule: None,
-            version: policy.version,
-        },
-        active: policy.clone(),
-        findings: Vec::new(),
-        guard_skipped: None,
-        status: None,
-        ttfb_ms: None,
-        error: Some(msg),
-        mcp: None,
-    };
+    let mut ex = Exchange::new(state, conn, host, classify(provider, "CONNECT", "/"), "", "");
+    ex.error = Some(msg);
     ex.finish_without_body(None);
 }
