@@ -93,7 +93,7 @@ impl Agent {
         let mitm_config = palisade_tls::mitm_server_config(leaves.clone());
         let upstream_tls = palisade_tls::upstream_client_config(
             config.upstream_ca_file.as_deref(),
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            vec![b"http/1.1".to_vec()],
         )?;
         let overrides = config
             .host_overrides
