@@ -184,8 +184,11 @@ const DEVICE_COLUMNS: &str =
     "id, cert_fingerprint, cert_serial, hostname, os, hardware_id, agent_version, \
      owner_email, enrolled_at, last_seen, revoked_at, revoked_reason, applied_policy_version";
 
+/// `$lock_policies`: run first in a policy publish's transaction so that
+/// publishers (several servers on one PostgreSQL) queue instead of racing for
+/// the next version; empty on SQLite, whose single writer already serialises.
 macro_rules! backend_impl {
-    ($backend:ty, $db:ty) => {
+    ($backend:ty, $db:ty, $lock_policies:literal) => {
         impl $backend {
             pub(super) async fn close(&self) {
                 self.pool.close().await
@@ -397,8 +400,8 @@ macro_rules! backend_impl {
             pub(super) async fn insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
-                // Two servers publishing at once race for MAX(version) + 1; the loser
-                // hits the primary key and simply takes the next number.
+                // Publishers queue on the table lock (PostgreSQL) or the single
+                // writer (SQLite); the retry is a backstop for a unique clash.
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
@@ -412,6 +415,9 @@ macro_rules! backend_impl {
 
             async fn try_insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
                 let mut tx = self.pool.begin().await?;
+                if !$lock_policies.is_empty() {
+                    sqlx::query($lock_policies).execute(&mut *tx).await?;
+                }
                 let row = sqlx::query(
                     "INSERT INTO policies (version, document, created_at, author) \
                      SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3 FROM policies RETURNING version",
@@ -604,5 +610,5 @@ macro_rules! backend_impl {
     };
 }
 
-backend_impl!(SqliteBackend, sqlx::Sqlite);
-backend_impl!(PgBackend, sqlx::Postgres);
+backend_impl!(SqliteBackend, sqlx::Sqlite, "");
+backend_impl!(PgBackend, sqlx::Postgres, "LOCK TABLE policies IN SHARE ROW EXCLUSIVE MODE");
