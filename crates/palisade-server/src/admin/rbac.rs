@@ -10,7 +10,8 @@
 //! nor a query string (it may carry filters with personal data).
 
 use super::audit::{Action, ActorKind, NewAuditEntry, Outcome, MAX_FIELD_CHARS};
-use super::{AdminState, ApiError};
+use super::{session, AdminState, ApiError};
+use crate::store::AdminTokenIdentity;
 use crate::tokens::hash_token;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -100,6 +101,12 @@ const AUDITORS: &[Role] = &[Role::Admin, Role::Auditor];
 pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "GET", path: "/api/v1/policy", roles: READERS, audit: Audit::No },
     Rule { method: "PUT", path: "/api/v1/policy", roles: ADMIN, audit: Audit::Yes { action: Action::Update, target: "policy" } },
+    Rule { method: "GET", path: "/api/v1/policy/versions", roles: READERS, audit: Audit::No },
+    Rule { method: "GET", path: "/api/v1/policy/versions/{version}", roles: READERS, audit: Audit::No },
+    Rule { method: "GET", path: "/api/v1/policy/diff", roles: READERS, audit: Audit::No },
+    // Stores nothing (the PUT that follows is audited), so not audited.
+    Rule { method: "POST", path: "/api/v1/policy/validate", roles: ADMIN, audit: Audit::No },
+    Rule { method: "GET", path: "/api/v1/overview", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/devices", roles: ALL, audit: Audit::No },
     Rule { method: "POST", path: "/api/v1/devices/{id}/revoke", roles: ADMIN, audit: Audit::Yes { action: Action::Revoke, target: "device" } },
     Rule { method: "POST", path: "/api/v1/enrollment-tokens", roles: ADMIN, audit: Audit::Yes { action: Action::Create, target: "enrollment-token" } },
@@ -175,9 +182,9 @@ pub struct AuditNote {
 }
 
 /// Where the call came from.
-struct Origin {
-    ip: Option<String>,
-    user_agent: Option<String>,
+pub(super) struct Origin {
+    pub(super) ip: Option<String>,
+    pub(super) user_agent: Option<String>,
 }
 
 fn default_action(method: &Method) -> Action {
@@ -240,32 +247,75 @@ pub(crate) async fn authorize(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        let refusal = json!({"reason": "no bearer token", "method": method.as_str(), "path": path});
-        record(
-            &state,
-            ActorKind::Token,
-            "anonymous",
-            Action::Login,
-            Outcome::Failure,
-            "endpoint",
-            &path,
-            &origin,
-            refusal,
-        )
-        .await;
-        return ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required").into_response();
+    // A bearer token wins; otherwise the console's session cookie.
+    let session_id = match token {
+        Some(_) => None,
+        None => session::session_cookie(req.headers()),
     };
-    let identity = match state.store.admin_token_identity(&hash_token(token)).await {
-        Ok(Some(i)) => i,
-        Ok(None) => {
-            warn!(path, "Admin API: invalid token");
-            let refusal =
-                json!({"reason": "invalid token", "method": method.as_str(), "path": path});
+    let via = if session_id.is_some() {
+        "session"
+    } else {
+        "token"
+    };
+    let identity = if let Some(session_id) = &session_id {
+        let sess = match session::resolve(&state, session_id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                warn!(path, "Admin API: invalid or expired session");
+                let refusal = json!({"reason": "invalid or expired session", "method": method.as_str(), "path": path});
+                record(
+                    &state,
+                    ActorKind::Token,
+                    "unknown",
+                    Action::Login,
+                    Outcome::Failure,
+                    "endpoint",
+                    &path,
+                    &origin,
+                    refusal,
+                )
+                .await;
+                return ApiError::new(StatusCode::UNAUTHORIZED, "session expired: sign in again")
+                    .into_response();
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        if let Err(problem) = session::check_csrf(&method, req.headers(), session_id) {
+            warn!(path, method = %method, token = %sess.token_name, reason = problem.reason(), "Admin API: CSRF check failed");
+            let refusal = json!({
+                "reason": problem.reason(),
+                "via": via,
+                "caller_token_id": sess.token_id,
+                "method": method.as_str(),
+                "path": path,
+            });
             record(
                 &state,
                 ActorKind::Token,
-                "unknown",
+                &sess.token_name,
+                action,
+                Outcome::Failure,
+                &target_type,
+                &target_id,
+                &origin,
+                refusal,
+            )
+            .await;
+            return ApiError::new(StatusCode::FORBIDDEN, problem.reason()).into_response();
+        }
+        AdminTokenIdentity {
+            id: sess.token_id,
+            name: sess.token_name,
+            role: sess.role,
+        }
+    } else {
+        let Some(token) = token else {
+            let refusal =
+                json!({"reason": "no bearer token", "method": method.as_str(), "path": path});
+            record(
+                &state,
+                ActorKind::Token,
+                "anonymous",
                 Action::Login,
                 Outcome::Failure,
                 "endpoint",
@@ -274,9 +324,31 @@ pub(crate) async fn authorize(
                 refusal,
             )
             .await;
-            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid token").into_response();
+            return ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required")
+                .into_response();
+        };
+        match state.store.admin_token_identity(&hash_token(token)).await {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                warn!(path, "Admin API: invalid token");
+                let refusal =
+                    json!({"reason": "invalid token", "method": method.as_str(), "path": path});
+                record(
+                    &state,
+                    ActorKind::Token,
+                    "unknown",
+                    Action::Login,
+                    Outcome::Failure,
+                    "endpoint",
+                    &path,
+                    &origin,
+                    refusal,
+                )
+                .await;
+                return ApiError::new(StatusCode::UNAUTHORIZED, "invalid token").into_response();
+            }
+            Err(e) => return ApiError::from(e).into_response(),
         }
-        Err(e) => return ApiError::from(e).into_response(),
     };
     let role: Role = match identity.role.parse() {
         Ok(r) => r,
@@ -348,6 +420,9 @@ pub(crate) async fn authorize(
             obj.insert("status".into(), json!(status.as_u16()));
             obj.insert("caller_role".into(), json!(role.as_str()));
             obj.insert("caller_token_id".into(), json!(identity.id));
+            if via == "session" {
+                obj.insert("via".into(), json!(via));
+            }
         }
         let target_id = note.target_id.unwrap_or(target_id);
         let outcome = if status.is_success() {
@@ -374,7 +449,7 @@ pub(crate) async fn authorize(
 /// Append one entry. A failure is logged, never turned into a different
 /// response: the call has already happened (or been refused).
 #[allow(clippy::too_many_arguments)]
-async fn record(
+pub(super) async fn record(
     state: &AdminState,
     actor_kind: ActorKind,
     actor_id: &str,
@@ -446,7 +521,8 @@ mod tests {
                     a.path
                 );
             }
-            if a.method != "GET" {
+            // Validation stores nothing; every other non-GET changes state.
+            if a.method != "GET" && a.path != "/api/v1/policy/validate" {
                 assert!(
                     matches!(a.audit, Audit::Yes { .. }),
                     "{} {} must be audited",

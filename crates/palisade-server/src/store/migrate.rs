@@ -28,6 +28,11 @@ pub(super) const SQLITE: Embedded = &[
         "admin_audit",
         include_str!("../../migrations/sqlite/0003_admin_audit.sql"),
     ),
+    (
+        7,
+        "sessions",
+        include_str!("../../migrations/sqlite/0007_sessions.sql"),
+    ),
 ];
 pub(super) const POSTGRES: Embedded = &[
     (
@@ -44,6 +49,11 @@ pub(super) const POSTGRES: Embedded = &[
         3,
         "admin_audit",
         include_str!("../../migrations/postgres/0003_admin_audit.sql"),
+    ),
+    (
+        7,
+        "sessions",
+        include_str!("../../migrations/postgres/0007_sessions.sql"),
     ),
 ];
 

@@ -18,6 +18,7 @@
 mod audit;
 mod backend;
 mod catalog;
+mod console;
 mod group;
 mod migrate;
 
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 pub use audit::{AdminAuditRow, AdminTokenIdentity, AuditHead, AUDIT_CHAIN_LOCK};
 pub use backend::{PgBackend, SqliteBackend};
+pub use console::{OverviewCounts, PolicyVersionMeta, SessionRecord};
 pub use catalog::{
     CatalogDetail, CatalogDevice, CatalogEntry, CatalogFilter, CatalogKind, CatalogStatus,
     DecideOutcome, PolicyEdit,
