@@ -37,6 +37,11 @@ fn cases(policy_doc: &Value) -> Vec<Case> {
     vec![
         Case { method: Method::GET, path: "/api/v1/policy", body: None, allowed: &["admin", "approver", "auditor"], ok_status: Some(200), audited: false },
         Case { method: Method::PUT, path: "/api/v1/policy", body: Some(policy_doc.clone()), allowed: &["admin"], ok_status: Some(200), audited: true },
+        Case { method: Method::GET, path: "/api/v1/policy/versions", body: None, allowed: &["admin", "approver", "auditor"], ok_status: Some(200), audited: false },
+        Case { method: Method::GET, path: "/api/v1/policy/versions/1", body: None, allowed: &["admin", "approver", "auditor"], ok_status: Some(200), audited: false },
+        Case { method: Method::GET, path: "/api/v1/policy/diff?from=1&to=1", body: None, allowed: &["admin", "approver", "auditor"], ok_status: Some(200), audited: false },
+        Case { method: Method::POST, path: "/api/v1/policy/validate", body: Some(policy_doc.clone()), allowed: &["admin"], ok_status: Some(200), audited: false },
+        Case { method: Method::GET, path: "/api/v1/overview", body: None, allowed: all, ok_status: Some(200), audited: false },
         Case { method: Method::GET, path: "/api/v1/devices", body: None, allowed: all, ok_status: Some(200), audited: false },
         Case { method: Method::POST, path: "/api/v1/devices/no-such-device/revoke", body: None, allowed: &["admin"], ok_status: Some(404), audited: true },
         Case { method: Method::POST, path: "/api/v1/enrollment-tokens", body: Some(json!({"max_uses": 1})), allowed: &["admin"], ok_status: Some(201), audited: true },

@@ -10,7 +10,10 @@
 
 mod approvals;
 pub mod audit;
+pub mod console;
+pub mod policy;
 pub mod rbac;
+pub mod session;
 
 use crate::config::Limits;
 use crate::policy_bus::PolicyBus;
@@ -42,7 +45,7 @@ pub(crate) struct AdminState {
     pub audit: audit::AuditLog,
 }
 
-/// The `/api/v1` router.
+/// The `/api/v1` router, plus the web console (`/`, `/console/*`).
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/api/v1/policy", get(get_policy).put(put_policy))
@@ -54,8 +57,12 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/admin-audit", get(audit::http::list))
         .route("/api/v1/admin-audit/export", get(audit::http::export))
         .merge(approvals::routes())
+        .merge(policy::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), rbac::authorize))
+        // The console's pages and its sign-in sit outside the API's auth.
+        .merge(console::routes())
+        .merge(session::routes())
         .with_state(state)
 }
 
