@@ -46,6 +46,8 @@ fn cases(policy_doc: &Value) -> Vec<Case> {
         Case { method: Method::POST, path: "/api/v1/devices/no-such-device/revoke", body: None, allowed: &["admin"], ok_status: Some(404), audited: true },
         Case { method: Method::POST, path: "/api/v1/enrollment-tokens", body: Some(json!({"max_uses": 1})), allowed: &["admin"], ok_status: Some(201), audited: true },
         Case { method: Method::POST, path: "/api/v1/tokens", body: Some(json!({"name": "made-in-table", "role": "viewer"})), allowed: &["admin"], ok_status: Some(201), audited: true },
+        Case { method: Method::GET, path: "/api/v1/tokens", body: None, allowed: &["admin"], ok_status: Some(200), audited: false },
+        Case { method: Method::POST, path: "/api/v1/tokens/no-such-token/revoke", body: None, allowed: &["admin"], ok_status: Some(404), audited: true },
         Case { method: Method::GET, path: "/api/v1/events", body: None, allowed: all, ok_status: Some(200), audited: false },
         Case { method: Method::GET, path: "/api/v1/usage", body: None, allowed: all, ok_status: None, audited: false },
         Case { method: Method::GET, path: "/api/v1/approvals", body: None, allowed: all, ok_status: None, audited: false },
@@ -655,4 +657,51 @@ async fn bad_token_requests_are_refused_with_clear_errors() {
     assert_eq!(r.status(), 403);
     store.close().await;
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_admin_token_is_refused_at_once_and_listed_without_secrets() {
+    for srv in servers().await {
+        let viewer = make_token(&srv, "laptop-viewer", "viewer").await;
+        let call_as = |t: &str| {
+            srv.http()
+                .get(srv.url("/api/v1/devices"))
+                .bearer_auth(t.to_string())
+                .send()
+        };
+        assert_eq!(call_as(&viewer).await.unwrap().status().as_u16(), 200);
+
+        let (s, v) = srv.admin(Method::GET, "/api/v1/tokens", None).await;
+        assert_eq!(s, 200, "{v}");
+        let listed = v["tokens"].as_array().unwrap();
+        let entry = listed.iter().find(|t| t["name"] == "laptop-viewer").unwrap();
+        assert_eq!((entry["role"].as_str(), entry["revoked"].as_bool()), (Some("viewer"), Some(false)));
+        let text = v.to_string();
+        assert!(!text.contains(&viewer) && !text.contains(&palisade_server::tokens::hash_token(&viewer)));
+        let id = entry["id"].as_str().unwrap().to_string();
+
+        let (s, v) = srv.admin(Method::POST, &format!("/api/v1/tokens/{id}/revoke"), None).await;
+        assert_eq!((s, v["revoked"].as_bool()), (200, Some(true)), "{v}");
+        assert_eq!(call_as(&viewer).await.unwrap().status().as_u16(), 401, "revoked at once");
+        // Revoking again is harmless and says so in the audit entry.
+        let (s, _) = srv.admin(Method::POST, &format!("/api/v1/tokens/{id}/revoke"), None).await;
+        assert_eq!(s, 200);
+
+        let (_, v) = srv.admin(Method::GET, "/api/v1/tokens", None).await;
+        let entry = v["tokens"].as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap().clone();
+        assert_eq!(entry["revoked"], true);
+        assert!(entry["revoked_at"].is_string());
+
+        let store = Store::open(&srv.cfg).await.unwrap();
+        let revokes: Vec<AuditEntry> = all_entries(&store)
+            .await
+            .into_iter()
+            .filter(|e| e.action == "revoke" && e.target.kind == "admin-token")
+            .collect();
+        assert_eq!(revokes.len(), 2);
+        assert_eq!(revokes[0].target.id, id);
+        assert_eq!(revokes[0].details["already_revoked"], false);
+        assert_eq!(revokes[1].details["already_revoked"], true);
+        store.close().await;
+    }
 }

@@ -14,6 +14,7 @@ pub mod console;
 pub mod policy;
 pub mod rbac;
 pub mod session;
+mod tokens;
 
 use crate::config::Limits;
 use crate::policy_bus::PolicyBus;
@@ -58,6 +59,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/admin-audit/export", get(audit::http::export))
         .merge(approvals::routes())
         .merge(policy::routes())
+        .merge(tokens::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), rbac::authorize))
         // The console's pages and its sign-in sit outside the API's auth.

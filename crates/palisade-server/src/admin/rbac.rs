@@ -111,6 +111,8 @@ pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "POST", path: "/api/v1/devices/{id}/revoke", roles: ADMIN, audit: Audit::Yes { action: Action::Revoke, target: "device" } },
     Rule { method: "POST", path: "/api/v1/enrollment-tokens", roles: ADMIN, audit: Audit::Yes { action: Action::Create, target: "enrollment-token" } },
     Rule { method: "POST", path: "/api/v1/tokens", roles: ADMIN, audit: Audit::Yes { action: Action::Create, target: "admin-token" } },
+    Rule { method: "GET", path: "/api/v1/tokens", roles: ADMIN, audit: Audit::No },
+    Rule { method: "POST", path: "/api/v1/tokens/{id}/revoke", roles: ADMIN, audit: Audit::Yes { action: Action::Revoke, target: "admin-token" } },
     Rule { method: "GET", path: "/api/v1/events", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/usage", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/approvals", roles: ALL, audit: Audit::No },

@@ -57,6 +57,16 @@ pub struct AdminTokenIdentity {
     pub role: String,
 }
 
+/// An admin token as listed: never its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 const AUDIT_COLUMNS: &str = "seq, time, actor_kind, actor_id, action, outcome, target_type, \
      target_id, ip, user_agent, details, prev_hash, hash, hmac";
 
@@ -105,6 +115,24 @@ impl Store {
         match self {
             Store::Sqlite(b) => b.create_admin_token_with_role(token_hash, name, role).await,
             Store::Postgres(b) => b.create_admin_token_with_role(token_hash, name, role).await,
+        }
+    }
+
+    /// Every admin token (revoked ones too), oldest first. Never the hash.
+    pub async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenInfo>, StoreError> {
+        match self {
+            Store::Sqlite(b) => b.list_admin_tokens().await,
+            Store::Postgres(b) => b.list_admin_tokens().await,
+        }
+    }
+
+    /// Revoke an admin token: every later call with it gets 401, and its
+    /// console sessions end with it. `Ok(None)`: no such token; `Ok(Some(false))`:
+    /// it was already revoked.
+    pub async fn revoke_admin_token(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        match self {
+            Store::Sqlite(b) => b.revoke_admin_token(id).await,
+            Store::Postgres(b) => b.revoke_admin_token(id).await,
         }
     }
 
@@ -258,6 +286,49 @@ macro_rules! audit_impl {
                 .execute(&self.pool)
                 .await?;
                 Ok(id)
+            }
+
+            pub(super) async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenInfo>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, name, role, created_at, revoked_at FROM admin_tokens ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(AdminTokenInfo {
+                            id: r.try_get("id")?,
+                            name: r.try_get("name")?,
+                            role: r.try_get("role")?,
+                            created_at: super::from_ms(r.try_get("created_at")?)?,
+                            revoked_at: r
+                                .try_get::<Option<i64>, _>("revoked_at")?
+                                .map(super::from_ms)
+                                .transpose()?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(super) async fn revoke_admin_token(&self, id: &str) -> Result<Option<bool>, StoreError> {
+                let _guard = self.audit_guard().await;
+                let done = sqlx::query(
+                    "UPDATE admin_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(super::now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                if done > 0 {
+                    return Ok(Some(true));
+                }
+                let exists = sqlx::query("SELECT 1 AS one FROM admin_tokens WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .is_some();
+                Ok(exists.then_some(false))
             }
 
             pub(super) async fn admin_token_identity(

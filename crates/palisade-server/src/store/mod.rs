@@ -26,7 +26,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use audit::{AdminAuditRow, AdminTokenIdentity, AuditHead, AUDIT_CHAIN_LOCK};
+pub use audit::{AdminAuditRow, AdminTokenIdentity, AdminTokenInfo, AuditHead, AUDIT_CHAIN_LOCK};
 pub use backend::{PgBackend, SqliteBackend};
 pub use console::{OverviewCounts, PolicyVersionMeta, SessionRecord};
 pub use catalog::{
