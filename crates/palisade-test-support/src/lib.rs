@@ -10,10 +10,12 @@ mod ca;
 pub mod canned;
 mod compress;
 mod fake;
+pub mod syslog;
 mod tcp;
 
 pub use ca::TestCa;
 pub use fake::{FakeProvider, RecordedRequest};
+pub use syslog::{parse_rfc5424, SyslogCollector, SyslogMessage};
 pub use tcp::{start_echo_tcp, start_sink_tcp, SinkServer};
 
 /// The ring crypto provider, chosen explicitly so tests never depend on a
