@@ -23,6 +23,9 @@ pub const DEFAULT_POLICY_POLL_MS: u64 = 1000;
 pub const DEFAULT_DEVICE_CERT_DAYS: u32 = 365;
 pub const DEFAULT_EVENTS_PAGE_LIMIT: u32 = 1000;
 pub const DEFAULT_STREAM_RECHECK_MS: u64 = 30_000;
+pub const DEFAULT_FORWARD_POLL_MS: u64 = 500;
+pub const DEFAULT_FORWARD_MAX_BACKOFF_MS: u64 = 30_000;
+pub const DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS: u64 = 30_000;
 
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -39,6 +42,150 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     pub tls: TlsConfig,
     pub limits: Limits,
+    /// Live SIEM forwarding targets (`[[forward]]`), each tailed by its own task.
+    pub forward: Vec<ForwardConfig>,
+}
+
+/// Transport to a syslog collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardTransport {
+    /// Plain TCP with RFC 6587 octet counting.
+    Tcp,
+    /// TLS (RFC 5425), same framing.
+    Tls,
+}
+
+/// Where a new target (no saved cursor) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardStart {
+    /// Every stored event, oldest first.
+    #[default]
+    Oldest,
+    /// Only events stored after the target first starts.
+    Latest,
+}
+
+/// One live forwarding target (`[[forward]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Unique; keys the saved cursor, so renaming a target starts it afresh.
+    pub name: String,
+    /// Collector `host:port`.
+    pub address: String,
+    pub transport: ForwardTransport,
+    /// TLS only: trust only the CA certificates in this PEM file (default: the OS roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS only: name to verify (default: the host part of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Only `syslog` (RFC 5424 in octet-counted frames).
+    #[serde(default = "default_forward_format")]
+    pub format: String,
+    #[serde(default)]
+    pub start: ForwardStart,
+    /// Optional filters, as in `GET /api/v1/events`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+    /// How often an idle forwarder looks for new events.
+    #[serde(default = "default_forward_poll_ms")]
+    pub poll_ms: u64,
+    /// Longest wait between reconnect attempts (exponential backoff with jitter).
+    #[serde(default = "default_forward_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// How long a written batch may wait for the collector's TCP acknowledgement.
+    #[serde(default = "default_forward_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+}
+
+fn default_forward_format() -> String {
+    "syslog".into()
+}
+fn default_forward_poll_ms() -> u64 {
+    DEFAULT_FORWARD_POLL_MS
+}
+fn default_forward_max_backoff_ms() -> u64 {
+    DEFAULT_FORWARD_MAX_BACKOFF_MS
+}
+fn default_forward_confirm_timeout_ms() -> u64 {
+    DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS
+}
+
+impl ForwardConfig {
+    /// A target with defaults for everything optional.
+    pub fn new(name: &str, address: &str, transport: ForwardTransport) -> Self {
+        Self {
+            name: name.into(),
+            address: address.into(),
+            transport,
+            ca_file: None,
+            server_name: None,
+            format: default_forward_format(),
+            start: ForwardStart::Oldest,
+            kind: None,
+            provider: None,
+            model: None,
+            device: None,
+            poll_ms: DEFAULT_FORWARD_POLL_MS,
+            max_backoff_ms: DEFAULT_FORWARD_MAX_BACKOFF_MS,
+            confirm_timeout_ms: DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS,
+        }
+    }
+
+    /// `(host, port)` of `address`, if it is one.
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.address.rsplit_once(':')?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        (!host.is_empty() && !host.contains(char::is_whitespace)).then_some((host, port))
+    }
+
+    fn validate(&self, i: usize, p: &mut Vec<String>) {
+        let at = format!("forward[{i}]");
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            p.push(format!("{at}.name: {:?} must be 1..=64 of [A-Za-z0-9._-]", self.name));
+        }
+        if self.host_port().is_none() {
+            p.push(format!("{at}.address: {:?} is not host:port", self.address));
+        }
+        if self.format != "syslog" {
+            p.push(format!("{at}.format: {:?} is not supported (only syslog)", self.format));
+        }
+        if self.transport == ForwardTransport::Tcp {
+            if self.ca_file.is_some() {
+                p.push(format!("{at}.ca_file: only for transport = \"tls\""));
+            }
+            if self.server_name.is_some() {
+                p.push(format!("{at}.server_name: only for transport = \"tls\""));
+            }
+        }
+        if let Some(n) = &self.server_name {
+            if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                p.push(format!("{at}.server_name: {n:?} is not a DNS name or IP address"));
+            }
+        }
+        for (key, v) in [
+            ("poll_ms", self.poll_ms),
+            ("max_backoff_ms", self.max_backoff_ms),
+            ("confirm_timeout_ms", self.confirm_timeout_ms),
+        ] {
+            if !(10..=3_600_000).contains(&v) {
+                p.push(format!("{at}.{key}: must be 10..=3600000"));
+            }
+        }
+    }
 }
 
 /// Where events, devices and policy live.
@@ -100,6 +247,7 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             tls: TlsConfig::default(),
             limits: Limits::default(),
+            forward: Vec::new(),
         }
     }
 }
@@ -195,6 +343,12 @@ impl ServerConfig {
         }
         if l.events_page_limit == 0 {
             p.push("limits.events_page_limit: must be at least 1".into());
+        }
+        for (i, f) in self.forward.iter().enumerate() {
+            f.validate(i, &mut p);
+            if self.forward[..i].iter().any(|g| g.name == f.name) {
+                p.push(format!("forward[{i}].name: {:?} is used twice", f.name));
+            }
         }
         if p.is_empty() {
             Ok(())
@@ -388,6 +542,77 @@ mod tests {
         assert_eq!(p.len(), 6, "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("grpc_listen")), "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("tls.ca_cert")), "{p:?}");
+    }
+
+    #[test]
+    fn forward_targets_parse_with_defaults() {
+        let cfg = ServerConfig::from_toml(
+            r#"
+            [[forward]]
+            name = "siem"
+            address = "siem.example.com:6514"
+            transport = "tls"
+            ca_file = "/etc/siem-ca.pem"
+            provider = "openai"
+            [[forward]]
+            name = "lab"
+            address = "[::1]:601"
+            transport = "tcp"
+            start = "latest"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.forward.len(), 2);
+        let f = &cfg.forward[0];
+        assert_eq!(f.transport, ForwardTransport::Tls);
+        assert_eq!(f.format, "syslog");
+        assert_eq!(f.poll_ms, DEFAULT_FORWARD_POLL_MS);
+        assert_eq!(f.host_port(), Some(("siem.example.com", 6514)));
+        assert_eq!(cfg.forward[1].host_port(), Some(("::1", 601)));
+        assert_eq!(cfg.forward[1].start, ForwardStart::Latest);
+    }
+
+    #[test]
+    fn bad_forward_targets_report_every_problem() {
+        let e = ServerConfig::from_toml(
+            r#"
+            [[forward]]
+            name = "a b"
+            address = "nohost"
+            transport = "tcp"
+            ca_file = "/x.pem"
+            format = "cef"
+            poll_ms = 0
+            [[forward]]
+            name = "dup"
+            address = "h:1"
+            transport = "tls"
+            server_name = "bad name!"
+            [[forward]]
+            name = "dup"
+            address = "h:0"
+            transport = "tcp"
+            "#,
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(p) = e else { panic!("{e}") };
+        for want in [
+            "forward[0].name",
+            "forward[0].address",
+            "forward[0].ca_file",
+            "forward[0].format",
+            "forward[0].poll_ms",
+            "forward[1].server_name",
+            "forward[2].address",
+            "forward[2].name: \"dup\" is used twice",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(want)), "{want} missing from {p:?}");
+        }
+        assert_eq!(p.len(), 8, "{p:?}");
+        let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"udp\"").unwrap_err();
+        assert!(matches!(&e, ConfigError::Parse(m) if m.contains("udp")), "{e}");
+        let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"tcp\"\nfilter = 1").unwrap_err();
+        assert!(e.to_string().contains("filter"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod export;
+pub mod forward;
 pub(crate) mod grpc;
 pub mod pki;
 pub mod policy_bus;
@@ -51,6 +53,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error(transparent)]
     AuditKey(#[from] admin::audit::AuditKeyError),
+    #[error(transparent)]
+    Forward(#[from] forward::ForwardError),
     #[error("admin HTTP server: {0}")]
     Admin(std::io::Error),
 }
@@ -144,12 +148,15 @@ pub async fn run(
             grpc::wait_shutdown(shutdown_rx.clone()),
         );
 
+    let (forwarders, forward_tasks) =
+        forward::spawn_all(&store, &cfg.forward, shutdown_rx.clone())?;
     let audit_key = admin::audit::AuditKey::load_or_create(&admin::audit::AuditKey::default_path(&cfg))?;
     let admin_state = Arc::new(admin::AdminState {
         store: store.clone(),
         bus,
         limits: cfg.limits.clone(),
         audit: admin::audit::AuditLog::new(store.clone(), audit_key),
+        forwarders,
     });
     let admin = axum::serve(
         admin_listener,
@@ -162,6 +169,9 @@ pub async fn run(
     let (grpc_res, admin_res) =
         tokio::join!(grpc, async { admin.await.map_err(ServerError::Admin) });
     follow.abort();
+    for task in forward_tasks {
+        let _ = task.await;
+    }
     store.close().await;
     if let Err(error) = &grpc_res {
         error!(%error, "gRPC server failed");

@@ -9,6 +9,7 @@
 //! response that creates it), and never log request bodies.
 
 mod approvals;
+mod export;
 pub mod audit;
 pub mod console;
 pub mod policy;
@@ -44,6 +45,7 @@ pub(crate) struct AdminState {
     pub bus: PolicyBus,
     pub limits: Limits,
     pub audit: audit::AuditLog,
+    pub forwarders: crate::forward::Forwarders,
 }
 
 /// The `/api/v1` router, plus the web console (`/`, `/console/*`).
@@ -57,6 +59,8 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/tokens", post(new_admin_token))
         .route("/api/v1/admin-audit", get(audit::http::list))
         .route("/api/v1/admin-audit/export", get(audit::http::export))
+        .route("/api/v1/export", get(export::export_events))
+        .route("/api/v1/forwarders", get(export::list_forwarders))
         .merge(approvals::routes())
         .merge(policy::routes())
         .merge(tokens::routes())
@@ -338,16 +342,13 @@ fn parse_time(
     }
 }
 
-async fn list_events(
-    State(s): State<Arc<AdminState>>,
-    Extension(who): Extension<Principal>,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+/// The event filter of a query, shared by `GET /api/v1/events` and
+/// `GET /api/v1/export` (so every filter applies to both), with every
+/// problem reported at once. `limit` is checked against `max`.
+fn event_filter(q: EventsQuery, max: u32) -> Result<EventFilter, ApiError> {
     let mut problems = Vec::new();
     let since = parse_time("since", &q.since, &mut problems);
     let until = parse_time("until", &q.until, &mut problems);
-    let max = s.limits.events_page_limit;
     let limit = q.limit.unwrap_or(max);
     if limit == 0 || limit > max {
         problems.push(format!("limit: must be 1..={max}"));
@@ -355,7 +356,7 @@ async fn list_events(
     if !problems.is_empty() {
         return Err(ApiError::bad_request(problems.join("; ")));
     }
-    let filter = EventFilter {
+    Ok(EventFilter {
         device_id: q.device,
         kind: q.kind,
         provider: q.provider,
@@ -364,7 +365,16 @@ async fn list_events(
         until,
         after_seq: q.after,
         limit,
-    };
+    })
+}
+
+async fn list_events(
+    State(s): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = event_filter(q, s.limits.events_page_limit)?;
     let rows = s.store.query_events(&filter).await?;
     let next_after = rows.last().map(|r| r.seq);
     let events: Vec<Value> = rows
@@ -375,22 +385,10 @@ async fn list_events(
                 obj.insert("seq".into(), json!(r.seq));
             }
             if who.role.hides_content() {
-                strip_content(&mut v);
+                crate::export::strip_content(&mut v);
             }
             v
         })
         .collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })))
-}
-
-/// Remove prompt and response text (for roles that may not read content);
-/// the fields stay, set to null, so clients see the shape they expect.
-fn strip_content(v: &mut Value) {
-    for (section, field) in [("request", "prompt"), ("response", "text")] {
-        if let Some(obj) = v.get_mut(section).and_then(Value::as_object_mut) {
-            if obj.contains_key(field) {
-                obj.insert(field.into(), Value::Null);
-            }
-        }
-    }
 }

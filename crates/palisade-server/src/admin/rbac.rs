@@ -122,6 +122,7 @@ pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "GET", path: "/api/v1/admin-audit", roles: AUDITORS, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/admin-audit/export", roles: AUDITORS, audit: Audit::Yes { action: Action::Export, target: "admin-audit" } },
     Rule { method: "GET", path: "/api/v1/export", roles: AUDITORS, audit: Audit::Yes { action: Action::Export, target: "events" } },
+    Rule { method: "GET", path: "/api/v1/forwarders", roles: AUDITORS, audit: Audit::No },
 ];
 
 /// The matched rule and its path parameters.

@@ -142,6 +142,11 @@ impl PgBackend {
         Ok(Self { pool, opts })
     }
 
+    /// Options for a connection outside the pool (e.g. one holding a session lock).
+    pub(super) fn connect_options(&self) -> PgConnectOptions {
+        self.opts.clone()
+    }
+
     /// PostgreSQL handles concurrent writers itself.
     pub(super) async fn write_guard(&self) {}
 

@@ -29,6 +29,11 @@ pub(super) const SQLITE: Embedded = &[
         include_str!("../../migrations/sqlite/0003_admin_audit.sql"),
     ),
     (
+        6,
+        "forward_cursors",
+        include_str!("../../migrations/sqlite/0006_forward_cursors.sql"),
+    ),
+    (
         7,
         "sessions",
         include_str!("../../migrations/sqlite/0007_sessions.sql"),
@@ -49,6 +54,11 @@ pub(super) const POSTGRES: Embedded = &[
         3,
         "admin_audit",
         include_str!("../../migrations/postgres/0003_admin_audit.sql"),
+    ),
+    (
+        6,
+        "forward_cursors",
+        include_str!("../../migrations/postgres/0006_forward_cursors.sql"),
     ),
     (
         7,

@@ -19,6 +19,7 @@ mod audit;
 mod backend;
 mod catalog;
 mod console;
+mod forward;
 mod group;
 mod migrate;
 
@@ -29,6 +30,7 @@ use uuid::Uuid;
 pub use audit::{AdminAuditRow, AdminTokenIdentity, AdminTokenInfo, AuditHead, AUDIT_CHAIN_LOCK};
 pub use backend::{PgBackend, SqliteBackend};
 pub use console::{OverviewCounts, PolicyVersionMeta, SessionRecord};
+pub use forward::{forward_lock_key, ForwardCursor, ForwardLease};
 pub use catalog::{
     CatalogDetail, CatalogDevice, CatalogEntry, CatalogFilter, CatalogKind, CatalogStatus,
     DecideOutcome, PolicyEdit,
