@@ -589,6 +589,25 @@ async fn overview_scenario(srv: TestServer) {
     assert_eq!(o["devices"]["online"], 1, "{o}");
     assert_eq!(o["devices"]["on_old_policy"], 1, "never applied one: {o}");
     assert_eq!(o["pending_approvals"], 1, "{o}");
+    assert_eq!(o["requests_by_day"], json!([]), "{o}");
+    // Interactions count per day and model, and per app.
+    let mut recs = vec![record(&d.id, "openai"), record(&d.id, "openai"), record(&d.id, "anthropic")];
+    let mut other: palisade_core::AuditEvent = serde_json::from_slice(&recs[2].json).unwrap();
+    other.interaction.as_mut().unwrap().model = Some("claude-sonnet-4".into());
+    other.app = Some(palisade_core::AppRef { id: Some("cursor".into()), name: Some("Cursor".into()), ..Default::default() });
+    recs[2].json = serde_json::to_vec(&other).unwrap();
+    upload(&mut c.audit, vec![batch(1, recs)]).await.unwrap();
+    let (_, o) = srv.admin(Method::GET, "/api/v1/overview", None).await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(
+        o["requests_by_day"],
+        json!([
+            {"day": today, "model": "gpt-4o", "requests": 2},
+            {"day": today, "model": "claude-sonnet-4", "requests": 1},
+        ]),
+        "{o}"
+    );
+    assert_eq!(o["top_apps"], json!([{"app": "Cursor", "requests": 1}]), "{o}");
     srv.stop().await;
 }
 

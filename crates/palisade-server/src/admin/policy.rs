@@ -23,8 +23,8 @@ pub const DEFAULT_VERSIONS_PAGE: u32 = 100;
 pub const MAX_VERSIONS_PAGE: u32 = 1000;
 /// A device seen this recently counts as online.
 pub const ONLINE_WINDOW_SECS: i64 = 5 * 60;
-/// Window and length of the overview's top-apps list.
-pub const TOP_APPS_WINDOW_SECS: i64 = 7 * 86_400;
+/// Window of the overview's top-apps list and requests-per-day series.
+pub const TOP_APPS_WINDOW_SECS: i64 = 14 * 86_400;
 pub const TOP_APPS: u32 = 10;
 /// Lines of context around each hunk of the text diff.
 const CONTEXT_LINES: usize = 3;
@@ -242,6 +242,11 @@ async fn overview(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiEr
         "pending_approvals": c.pending_approvals,
         "top_apps": c.top_apps.iter().map(|(app, n)| json!({"app": app, "requests": n})).collect::<Vec<_>>(),
         "top_apps_window_secs": TOP_APPS_WINDOW_SECS,
+        "requests_by_day": c.requests_by_day.iter().map(|(day, model, n)| json!({
+            "day": chrono::DateTime::from_timestamp(day * 86_400, 0).map(|t| t.format("%Y-%m-%d").to_string()),
+            "model": model,
+            "requests": n,
+        })).collect::<Vec<_>>(),
     })))
 }
 

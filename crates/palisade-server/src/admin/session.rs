@@ -90,18 +90,26 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
 /// whose host is not this server's `Host`, or `Sec-Fetch-Site` other than
 /// `same-origin` / `none`. Absent headers pass (non-browser clients).
 pub fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if let Some(site) = fetch_site {
         if site != "same-origin" && site != "none" {
             return Some("cross-site request (Sec-Fetch-Site)");
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        let origin_host = origin
-            .split_once("://")
-            .map(|(_, h)| h.trim_end_matches('/'));
-        if origin == "null" || origin_host.is_none() || origin_host != host {
-            return Some("cross-origin request (Origin)");
+        // `Origin: null` is what a browser sends for a same-origin form
+        // under `Referrer-Policy: no-referrer`; it passes only when the
+        // browser also vouches with `Sec-Fetch-Site: same-origin`.
+        if origin == "null" {
+            if fetch_site != Some("same-origin") {
+                return Some("cross-origin request (Origin)");
+            }
+        } else {
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            let origin_host = origin.split_once("://").map(|(_, h)| h.trim_end_matches('/'));
+            if origin_host.is_none() || origin_host != host {
+                return Some("cross-origin request (Origin)");
+            }
         }
     }
     None
@@ -483,6 +491,13 @@ mod tests {
             check_csrf(&Method::POST, &evil, "sess-1"),
             Err(CsrfProblem::CrossSite(_))
         ));
+        let null = headers(&[("x-csrf-token", &t), ("origin", "null")]);
+        assert!(matches!(
+            check_csrf(&Method::POST, &null, "sess-1"),
+            Err(CsrfProblem::CrossSite(_))
+        ));
+        let null_same = headers(&[("x-csrf-token", &t), ("origin", "null"), ("sec-fetch-site", "same-origin")]);
+        assert!(check_csrf(&Method::POST, &null_same, "sess-1").is_ok());
         let fetch = headers(&[("x-csrf-token", &t), ("sec-fetch-site", "cross-site")]);
         assert!(matches!(
             check_csrf(&Method::POST, &fetch, "sess-1"),

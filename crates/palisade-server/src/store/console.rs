@@ -43,6 +43,9 @@ pub struct OverviewCounts {
     pub pending_approvals: u64,
     /// (app, interactions) since the cut-off given, most first.
     pub top_apps: Vec<(String, u64)>,
+    /// (UTC day as days since 1970-01-01, model or "", interactions) since
+    /// the cut-off given, oldest day first.
+    pub requests_by_day: Vec<(i64, String, u64)>,
 }
 
 // === impl Store ===
@@ -310,7 +313,25 @@ macro_rules! console_impl {
                 .bind(i64::from(top_n))
                 .fetch_all(&self.pool)
                 .await?;
+                let days = sqlx::query(
+                    "SELECT time / 86400000 AS day, COALESCE(model, '') AS m, COUNT(*) AS n FROM events \
+                     WHERE kind = 'interaction' AND time >= $1 \
+                     GROUP BY time / 86400000, COALESCE(model, '') ORDER BY day, n DESC",
+                )
+                .bind(apps_since_ms)
+                .fetch_all(&self.pool)
+                .await?;
                 Ok(OverviewCounts {
+                    requests_by_day: days
+                        .iter()
+                        .map(|d| {
+                            Ok((
+                                d.try_get("day")?,
+                                d.try_get("m")?,
+                                to_u64(d.try_get("n")?, "day count")?,
+                            ))
+                        })
+                        .collect::<Result<_, StoreError>>()?,
                     devices_total: to_u64(r.try_get("total")?, "device count")?,
                     devices_online: to_u64(r.try_get("online")?, "device count")?,
                     devices_old_policy: to_u64(r.try_get("old_policy")?, "device count")?,
