@@ -9,10 +9,12 @@
 //!
 //! Each record is the stored interaction record (compact JSON) plus its
 //! ingest `seq`. An export that fails part-way ends with an error record
-//! ([`Encoder::error`]: `{"export_error": ..}` for JSON/JSONL, a syslog
-//! message with MSGID `export.error` for syslog) and the HTTP body is then
-//! aborted, so a consumer sees the failure twice and never mistakes a
-//! truncated file for a complete one.
+//! ([`Encoder::error`]: `{"export_error": .., "after_seq": N}` for
+//! JSON/JSONL, still a valid array for JSON; a syslog message with MSGID
+//! `export.error` for syslog) and then a clean end of body, so the record
+//! reaches the reader (aborting the body instead would let the HTTP server
+//! drop the buffered record with the connection). A server that dies
+//! mid-export leaves an unterminated chunked body, which HTTP clients report.
 //!
 //! Memory is bounded by [`EXPORT_PAGE_ROWS`] records, whatever the export's
 //! size: the reader never holds more than one page. This module must never

@@ -260,3 +260,92 @@ async fn huge_export_stays_in_bounded_memory() {
     }
     srv.stop().await;
 }
+
+/// Run `sql` on the server's store through a connection of our own (test
+/// sabotage only; the product never does this).
+async fn sabotage(srv: &TestServer, sql: &str) {
+    use sqlx::{ConnectOptions, Connection};
+    match &srv.cfg.store.postgres_url {
+        None => {
+            let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(srv.cfg.sqlite_path())
+                .busy_timeout(std::time::Duration::from_secs(10))
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&mut c).await.unwrap();
+            c.close().await.unwrap();
+        }
+        Some(url) => {
+            let schema = srv.cfg.store.postgres_schema.clone().unwrap();
+            let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+            let mut c = opts.options([("search_path", schema.as_str())]).connect().await.unwrap();
+            sqlx::query(sql).execute(&mut c).await.unwrap();
+            c.close().await.unwrap();
+        }
+    }
+}
+
+/// A store failure part-way through ends the export with an error record
+/// naming where it stopped: never a short file that looks complete.
+#[tokio::test]
+async fn a_store_failure_mid_export_ends_with_an_error_record() {
+    use futures_util::StreamExt;
+    for srv in servers().await {
+        let dev = srv.enroll_new("hw-midway").await;
+        let mut c = srv.clients(&dev).await;
+        let big = "y".repeat(4000);
+        for b in 0..6u64 {
+            let recs: Vec<_> = (0..500)
+                .map(|_| {
+                    let mut rec = record(&dev.id, "openai");
+                    let mut ev: Value = serde_json::from_slice(&rec.json).unwrap();
+                    ev["request"]["prompt"] = json!(big);
+                    rec.json = serde_json::to_vec(&ev).unwrap();
+                    rec
+                })
+                .collect();
+            assert_eq!(acked_ids(&upload(&mut c.audit, vec![batch(b + 1, recs)]).await.unwrap()[0]).len(), 500);
+        }
+        // 3000 records of 4 KB: far more than socket buffers hold, so the
+        // server is still paging when the table goes away.
+        for format in ["jsonl", "json", "syslog"] {
+            let r = get(&srv, &srv.admin_token, &format!("format={format}")).await;
+            assert_eq!(r.status(), 200);
+            let mut body = r.bytes_stream();
+            let mut got = Vec::new();
+            got.extend_from_slice(&body.next().await.unwrap().unwrap());
+            sabotage(&srv, "ALTER TABLE events RENAME TO events_away").await;
+            while let Some(chunk) = body.next().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            sabotage(&srv, "ALTER TABLE events_away RENAME TO events").await;
+            let text = String::from_utf8(got).unwrap();
+            let last = text.lines().last().unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let (marker, records, last_seq) = match format {
+                "jsonl" => {
+                    let prev: Value = serde_json::from_str(lines[lines.len() - 2]).unwrap();
+                    (serde_json::from_str::<Value>(last).unwrap(), lines.len() - 1, prev["seq"].clone())
+                }
+                "json" => {
+                    let all: Vec<Value> = serde_json::from_str(&text).expect("still a valid JSON array");
+                    (all[all.len() - 1].clone(), all.len() - 1, all[all.len() - 2]["seq"].clone())
+                }
+                _ => {
+                    let m = parse_rfc5424(last).unwrap();
+                    assert_eq!(m.msgid.as_deref(), Some("export.error"));
+                    assert_eq!(m.severity, 3);
+                    let prev = parse_rfc5424(lines[lines.len() - 2]).unwrap();
+                    let seq: i64 = prev.sd[0].param("seq").unwrap().parse().unwrap();
+                    (serde_json::from_str(m.msg.as_deref().unwrap()).unwrap(), lines.len() - 1, json!(seq))
+                }
+            };
+            assert_eq!(marker["export_error"], "store unavailable", "{format}");
+            assert!(records > 0 && records < 3000, "{format}: {records} records before the failure");
+            assert_eq!(records % 500, 0, "{format}: whole pages only");
+            assert_eq!(marker["after_seq"], last_seq, "{format}: the resume point");
+        }
+        srv.stop().await;
+    }
+}

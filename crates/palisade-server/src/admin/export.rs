@@ -5,7 +5,7 @@
 //! shared [`super::event_filter`], plus `format`. It must never collect the
 //! whole result: memory stays at one page ([`EXPORT_PAGE_ROWS`]) whatever
 //! the export's size, and a failure mid-stream ends the body with an error
-//! record (see [`crate::export`]) before aborting it.
+//! record (see [`crate::export`]).
 
 use super::rbac::{AuditNote, Principal};
 use super::{event_filter, AdminState, ApiError, EventsQuery};
@@ -74,11 +74,9 @@ pub(super) async fn export_events(
                     }
                     Some(Err(error)) => {
                         tracing::error!(%error, after_seq = enc.last_seq, "Event export failed mid-stream");
-                        Some((Ok(enc.error("store unavailable")), Tail::Abort))
+                        Some((Ok(enc.error("store unavailable")), Tail::Done))
                     }
                 },
-                // After the error record, abort the body: no clean end.
-                Tail::Abort => Some((Err(std::io::Error::other("store unavailable")), Tail::Done)),
                 Tail::Done => None,
             }
         }),
@@ -107,7 +105,6 @@ pub(super) async fn export_events(
 /// Where an export body is.
 enum Tail<P> {
     Pages(P, Encoder),
-    Abort,
     Done,
 }
 
