@@ -281,3 +281,60 @@ async fn only_one_of_two_servers_on_one_postgres_forwards_a_target() {
         srv.stop().await;
     }
 }
+
+#[tokio::test]
+async fn an_untrusted_collector_gets_nothing_and_the_cursor_stays() {
+    let real_ca = TestCa::with_name("Collector CA");
+    let other_ca = TestCa::with_name("Some Other CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("other-ca.pem");
+    std::fs::write(&ca_file, other_ca.cert_pem()).unwrap();
+    let tls = SyslogCollector::tls("127.0.0.1:0", &real_ca).await;
+    let mut t = fast(ForwardConfig::new("siem", &format!("localhost:{}", tls.addr.port()), ForwardTransport::Tls));
+    t.ca_file = Some(ca_file);
+    let srv = TestServer::start_with(|cfg| cfg.forward = vec![t]).await;
+    let dev = srv.enroll_new("hw-untrusted").await;
+    send(&srv, &dev, 5, 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = forwarders(&srv).await;
+        let t = target(&v, "siem");
+        if t["last_error"].as_str().is_some_and(|e| e.starts_with("TLS")) {
+            assert_eq!(t["cursor"], 0, "{t}");
+            assert_eq!(t["lag"], 5, "{t}");
+            assert_eq!(t["sent"], 0, "{t}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no TLS error reported: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tls.frames().is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_target_can_start_at_the_latest_record() {
+    let collector = SyslogCollector::tcp("127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::for_data_dir(dir.path());
+    let srv = TestServer::start_cfg(cfg.clone(), None).await;
+    let dev = srv.enroll_new("hw-latest").await;
+    send(&srv, &dev, 20, 1).await;
+    srv.stop().await;
+
+    let mut t = tcp_target("late", &collector);
+    t.start = palisade_server::config::ForwardStart::Latest;
+    cfg.forward = vec![t];
+    let srv = TestServer::start_cfg(cfg, None).await;
+    // The history is skipped once the target has saved its first cursor.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while target(&forwarders(&srv).await, "late")["state"] != "forwarding" {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = send(&srv, &dev, 3, 2).await;
+    let got = ids(&collector.wait_for(3, WAIT).await);
+    wait_caught_up(&srv, "late").await;
+    assert_eq!(got, new, "only what arrived after the target started");
+    srv.stop().await;
+}
