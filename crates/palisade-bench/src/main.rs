@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod export;
 mod fleet;
 
 const LAT_REQUESTS: usize = 2000;
@@ -294,8 +295,11 @@ async fn main() -> Result<()> {
     if what == "fleet" {
         return Ok(fleet::main(std::env::args().skip(2)).await?);
     }
+    if what == "export" {
+        return export::main(std::env::args().skip(2)).await;
+    }
     if what != "proxy" {
-        bail!("usage: palisade-bench proxy | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL]");
+        bail!("usage: palisade-bench proxy | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL] | palisade-bench export [--events N] [--store sqlite|postgres] [--pg-url URL]");
     }
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new();
