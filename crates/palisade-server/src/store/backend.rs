@@ -479,13 +479,19 @@ macro_rules! backend_impl {
                     return Ok(counts);
                 }
                 let received = now_ms();
+                // Hashing happens before the chain lock; linking under it.
+                let digests = super::chain::digest_groups(groups, received);
                 let mut tx = self.pool.begin().await?;
-                for (count, (device_id, events)) in counts.iter_mut().zip(groups) {
-                    for chunk in events.chunks(INSERT_CHUNK_ROWS) {
+                let mut chain = Self::event_chain_begin(&mut tx, groups).await?;
+                for ((count, (device_id, events)), digests) in counts.iter_mut().zip(groups).zip(&digests) {
+                    let fresh = chain.fresh(events, digests);
+                    for chunk in fresh.chunks(INSERT_CHUNK_ROWS) {
                         let mut qb = QueryBuilder::<$db>::new(
-                            "INSERT INTO events (id, device_id, time, kind, provider, model, app, decision, json, received_at) ",
+                            "INSERT INTO events (id, device_id, time, kind, provider, model, app, decision, json, received_at, \
+                             chain_pos, chain_prev, chain_hash, content_digest) ",
                         );
-                        qb.push_values(chunk, |mut b, e| {
+                        qb.push_values(chunk, |mut b, (e, d)| {
+                            let link = chain.link(d);
                             b.push_bind(e.id)
                                 .push_bind(*device_id)
                                 .push_bind(e.time.timestamp_millis())
@@ -495,12 +501,22 @@ macro_rules! backend_impl {
                                 .push_bind(&e.app)
                                 .push_bind(&e.decision)
                                 .push_bind(&e.json)
-                                .push_bind(received);
+                                .push_bind(received)
+                                .push_bind(link.pos)
+                                .push_bind(link.prev)
+                                .push_bind(link.hash)
+                                .push_bind(link.content_digest);
                         });
                         qb.push(" ON CONFLICT (id) DO NOTHING");
-                        *count += qb.build().execute(&mut *tx).await?.rows_affected();
+                        let stored = qb.build().execute(&mut *tx).await?.rows_affected();
+                        if stored != chunk.len() as u64 {
+                            // Cannot happen under the chain lock; never commit a chain with holes.
+                            return Err(StoreError::Corrupt("event chain: a linked row was not stored".into()));
+                        }
+                        *count += stored;
                     }
                 }
+                Self::event_chain_commit(&mut tx, &chain).await?;
                 tx.commit().await?;
                 Ok(counts)
             }

@@ -29,6 +29,11 @@ pub(super) const SQLITE: Embedded = &[
         include_str!("../../migrations/sqlite/0003_admin_audit.sql"),
     ),
     (
+        5,
+        "chain_retention",
+        include_str!("../../migrations/sqlite/0005_chain_retention.sql"),
+    ),
+    (
         6,
         "forward_cursors",
         include_str!("../../migrations/sqlite/0006_forward_cursors.sql"),
@@ -54,6 +59,11 @@ pub(super) const POSTGRES: Embedded = &[
         3,
         "admin_audit",
         include_str!("../../migrations/postgres/0003_admin_audit.sql"),
+    ),
+    (
+        5,
+        "chain_retention",
+        include_str!("../../migrations/postgres/0005_chain_retention.sql"),
     ),
     (
         6,

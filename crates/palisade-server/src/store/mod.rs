@@ -18,6 +18,7 @@
 mod audit;
 mod backend;
 mod catalog;
+pub mod chain;
 mod console;
 mod forward;
 mod group;
