@@ -194,6 +194,7 @@ mod tests {
             s.push('\n');
         }
         let t = ExportTrailer {
+            checkpoint: None,
             format: FORMAT.into(),
             chain_head: entries.last().map(|e| ExportHead {
                 seq: e.seq,

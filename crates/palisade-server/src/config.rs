@@ -26,6 +26,16 @@ pub const DEFAULT_STREAM_RECHECK_MS: u64 = 30_000;
 pub const DEFAULT_FORWARD_POLL_MS: u64 = 500;
 pub const DEFAULT_FORWARD_MAX_BACKOFF_MS: u64 = 30_000;
 pub const DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS: u64 = 30_000;
+/// Retention defaults, in days (0 in a config means keep forever).
+pub const DEFAULT_EVENTS_DAYS: u32 = 365;
+pub const DEFAULT_CONTENT_DAYS: u32 = 90;
+/// Six years: HIPAA's documentation period, longer than SOC 2 asks.
+pub const DEFAULT_ADMIN_AUDIT_DAYS: u32 = 2190;
+pub const DEFAULT_INVENTORY_DAYS: u32 = 90;
+pub const DEFAULT_TOKENS_DAYS: u32 = 30;
+pub const DEFAULT_RETENTION_INTERVAL_MINUTES: u32 = 60;
+/// Longest retention accepted (100 years); use 0 for "forever".
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -44,6 +54,7 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Live SIEM forwarding targets (`[[forward]]`), each tailed by its own task.
     pub forward: Vec<ForwardConfig>,
+    pub retention: RetentionConfig,
 }
 
 /// Transport to a syslog collector.
@@ -188,6 +199,25 @@ impl ForwardConfig {
     }
 }
 
+/// How long each table keeps rows, in days; `0` keeps them forever. Applied
+/// by a background job every `interval_minutes` (first run one interval
+/// after start). Ages count from when the server received the row.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Interaction records and other events (metadata).
+    pub events_days: u32,
+    /// Prompt and response text inside events; at most `events_days`.
+    pub content_days: u32,
+    /// Admin audit log entries (the newest entry is always kept).
+    pub admin_audit_days: u32,
+    /// Inventory items a device has not reported for this long.
+    pub inventory_days: u32,
+    /// Enrollment tokens this long past expiry, admin tokens this long after revocation.
+    pub tokens_days: u32,
+    pub interval_minutes: u32,
+}
+
 /// Where events, devices and policy live.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -248,6 +278,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             forward: Vec::new(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -350,6 +381,7 @@ impl ServerConfig {
                 p.push(format!("forward[{i}].name: {:?} is used twice", f.name));
             }
         }
+        self.retention.validate(&mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -451,6 +483,55 @@ impl Default for TlsConfig {
             server_cert: None,
             server_key: None,
             device_cert_days: DEFAULT_DEVICE_CERT_DAYS,
+        }
+    }
+}
+
+// === impl RetentionConfig ===
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            events_days: DEFAULT_EVENTS_DAYS,
+            content_days: DEFAULT_CONTENT_DAYS,
+            admin_audit_days: DEFAULT_ADMIN_AUDIT_DAYS,
+            inventory_days: DEFAULT_INVENTORY_DAYS,
+            tokens_days: DEFAULT_TOKENS_DAYS,
+            interval_minutes: DEFAULT_RETENTION_INTERVAL_MINUTES,
+        }
+    }
+}
+
+impl RetentionConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        for (key, v) in [
+            ("events_days", self.events_days),
+            ("content_days", self.content_days),
+            ("admin_audit_days", self.admin_audit_days),
+            ("inventory_days", self.inventory_days),
+            ("tokens_days", self.tokens_days),
+        ] {
+            if v > MAX_RETENTION_DAYS {
+                p.push(format!(
+                    "retention.{key}: {v} is more than {MAX_RETENTION_DAYS}; use 0 to keep forever"
+                ));
+            }
+        }
+        if self.events_days > 0 {
+            if self.content_days == 0 {
+                p.push(format!(
+                    "retention.content_days: 0 keeps content forever, but events_days = {} deletes the records holding it; set 1..={}",
+                    self.events_days, self.events_days
+                ));
+            } else if self.content_days > self.events_days {
+                p.push(format!(
+                    "retention.content_days: {} is more than events_days = {}: content cannot outlive its record",
+                    self.content_days, self.events_days
+                ));
+            }
+        }
+        if self.interval_minutes == 0 || self.interval_minutes > 10_080 {
+            p.push("retention.interval_minutes: must be 1..=10080 (a week)".into());
         }
     }
 }
@@ -613,6 +694,62 @@ mod tests {
         assert!(matches!(&e, ConfigError::Parse(m) if m.contains("udp")), "{e}");
         let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"tcp\"\nfilter = 1").unwrap_err();
         assert!(e.to_string().contains("filter"), "{e}");
+    }
+
+    #[test]
+    fn retention_parses_and_defaults() {
+        let cfg = ServerConfig::from_toml(
+            "[retention]\nevents_days = 30\ncontent_days = 7\nadmin_audit_days = 0\ninterval_minutes = 5",
+        )
+        .unwrap();
+        assert_eq!(cfg.retention.events_days, 30);
+        assert_eq!(cfg.retention.content_days, 7);
+        assert_eq!(cfg.retention.admin_audit_days, 0);
+        assert_eq!(cfg.retention.inventory_days, DEFAULT_INVENTORY_DAYS);
+        let e = ServerConfig::from_toml("[retention]\nevent_days = 3").unwrap_err();
+        assert!(e.to_string().contains("event_days"), "{e}");
+        // Forever everywhere is explicit and valid.
+        ServerConfig::from_toml(
+            "[retention]\nevents_days = 0\ncontent_days = 0\nadmin_audit_days = 0\ninventory_days = 0\ntokens_days = 0",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn retention_validation_reports_every_problem() {
+        let mut cfg = ServerConfig::default();
+        cfg.retention.events_days = 30;
+        cfg.retention.content_days = 31;
+        cfg.retention.inventory_days = MAX_RETENTION_DAYS + 1;
+        cfg.retention.interval_minutes = 0;
+        let ConfigError::Invalid(p) = cfg.validate().unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("retention.content_days: 31 is more than events_days = 30")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m.starts_with("retention.inventory_days")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("retention.interval_minutes")),
+            "{p:?}"
+        );
+
+        cfg.retention = RetentionConfig {
+            content_days: 0,
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("retention.content_days: 0 keeps content forever"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod forward;
 pub(crate) mod grpc;
 pub mod pki;
 pub mod policy_bus;
+pub mod retention;
 pub mod store;
 pub mod tokens;
 
@@ -151,6 +152,13 @@ pub async fn run(
     let (forwarders, forward_tasks) =
         forward::spawn_all(&store, &cfg.forward, shutdown_rx.clone())?;
     let audit_key = admin::audit::AuditKey::load_or_create(&admin::audit::AuditKey::default_path(&cfg))?;
+    let retention = tokio::spawn(retention::run_loop(
+        store.clone(),
+        admin::audit::AuditLog::new(store.clone(), audit_key.clone()),
+        audit_key.clone(),
+        cfg.retention.clone(),
+        shutdown_rx.clone(),
+    ));
     let admin_state = Arc::new(admin::AdminState {
         store: store.clone(),
         bus,
@@ -172,6 +180,9 @@ pub async fn run(
     for task in forward_tasks {
         let _ = task.await;
     }
+    // It returns on the shutdown signal; the abort covers a pass stuck on the store.
+    retention.abort();
+    let _ = retention.await;
     store.close().await;
     if let Err(error) = &grpc_res {
         error!(%error, "gRPC server failed");

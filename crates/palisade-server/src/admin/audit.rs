@@ -376,6 +376,26 @@ impl AuditKey {
         Some(hex::encode(mac.finalize().into_bytes()))
     }
 
+    /// `hex(HMAC-SHA256(key, message))`, for checkpoints.
+    pub fn mac_hex(&self, message: &[u8]) -> String {
+        // HMAC takes keys of any length: a 32-byte key never fails.
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC accepts any key length");
+        mac.update(message);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Constant-time check of [`AuditKey::mac_hex`].
+    pub fn check_mac(&self, message: &[u8], tag_hex: &str) -> bool {
+        let Ok(tag) = hex::decode(tag_hex) else {
+            return false;
+        };
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.0) else {
+            return false;
+        };
+        mac.update(message);
+        mac.verify_slice(&tag).is_ok()
+    }
+
     /// Constant-time check of an entry's HMAC.
     pub fn check(&self, hash_hex: &str, hmac_hex: &str) -> bool {
         let (Ok(raw), Ok(tag)) = (hex::decode(hash_hex), hex::decode(hmac_hex)) else {
@@ -408,6 +428,8 @@ pub enum VerifyError {
     Truncated { expected: i64, found: i64 },
     #[error("seq {seq}: the last entry's hash differs from the recorded chain head")]
     HeadMismatch { seq: i64 },
+    #[error("checkpoint at seq {seq}: HMAC does not match or it is not where the log starts: forged or edited")]
+    BadCheckpoint { seq: i64 },
 }
 
 impl VerifyError {
@@ -420,6 +442,7 @@ impl VerifyError {
                 found: expected, ..
             } => *expected,
             VerifyError::BrokenLink { seq }
+            | VerifyError::BadCheckpoint { seq }
             | VerifyError::HashMismatch { seq }
             | VerifyError::HmacMismatch { seq }
             | VerifyError::HeadMismatch { seq } => *seq,
@@ -453,6 +476,26 @@ impl<'k> Verifier<'k> {
             prev_hash: GENESIS_HASH.to_string(),
             entries: 0,
         }
+    }
+
+    /// Start after a signed checkpoint (retention deleted the entries up to
+    /// it): the first entry must be `checkpoint.position + 1` and link to
+    /// its hash. A checkpoint that fails its HMAC is refused.
+    pub fn from_checkpoint(
+        key: &'k AuditKey,
+        cp: &crate::store::chain::CheckpointRow,
+    ) -> Result<Self, VerifyError> {
+        if cp.chain != crate::store::chain::ADMIN_AUDIT_CHAIN
+            || !super::integrity::check_checkpoint(key, cp)
+        {
+            return Err(VerifyError::BadCheckpoint { seq: cp.position });
+        }
+        Ok(Self {
+            key,
+            next_seq: cp.position + 1,
+            prev_hash: cp.hash.clone(),
+            entries: 0,
+        })
     }
 
     /// Check the next entry. Order of checks: seq, link, hash, HMAC.
@@ -506,7 +549,7 @@ impl<'k> Verifier<'k> {
         }
         Ok(VerifyReport {
             entries: self.entries,
-            head_seq: (last > 0).then_some(last),
+            head_seq: (last > 0 && self.entries > 0).then_some(last),
             head_hash: self.prev_hash,
         })
     }
@@ -610,18 +653,39 @@ impl AuditLog {
 }
 
 /// Read every entry of a store's log, page by page, and verify it.
+/// When retention deleted the start of the log, verification starts at the
+/// signed checkpoint one before the first stored entry; without one, the
+/// first missing seq is reported.
 pub async fn verify_store(store: &Store, key: &AuditKey) -> Result<VerifyReport, VerifyStoreError> {
-    let mut v = Verifier::new(key);
-    let mut after = 0;
-    loop {
-        let page = store.admin_audit_page(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
+    let mut page = store.admin_audit_page(0, 1000).await?;
+    let mut v = match page.first() {
+        Some(first) if first.seq > 1 => {
+            let cps = store
+                .checkpoints(crate::store::chain::ADMIN_AUDIT_CHAIN)
+                .await?;
+            match start_checkpoint(&cps, first.seq) {
+                Some(cp) => Verifier::from_checkpoint(key, cp)?,
+                None => Verifier::new(key),
+            }
+        }
+        _ => Verifier::new(key),
+    };
+    while let Some(last) = page.last() {
+        let after = last.seq;
         for row in &page {
             v.push(&AuditEntry::from_row(row))?;
         }
+        page = store.admin_audit_page(after, 1000).await?;
     }
     Ok(v.finish(None)?)
+}
+
+/// The checkpoint a log whose first entry is `first_seq` starts from.
+pub fn start_checkpoint(
+    cps: &[crate::store::chain::CheckpointRow],
+    first_seq: i64,
+) -> Option<&crate::store::chain::CheckpointRow> {
+    cps.iter().find(|c| c.position == first_seq - 1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -636,6 +700,10 @@ pub enum VerifyStoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportTrailer {
     pub format: String,
+    /// The signed checkpoint the log starts from when retention deleted its
+    /// oldest entries (absent when it starts at seq 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<super::integrity::ExportCheckpoint>,
     pub chain_head: Option<ExportHead>,
     pub entries: u64,
     pub canonical: String,
@@ -719,6 +787,7 @@ pub(crate) mod http {
             after: i64,
             count: u64,
             last: Option<ExportHead>,
+            checkpoint: Option<super::super::integrity::ExportCheckpoint>,
             done: bool,
         }
         let start = Cursor {
@@ -726,6 +795,7 @@ pub(crate) mod http {
             after: 0,
             count: 0,
             last: None,
+            checkpoint: None,
             done: false,
         };
         let stream = futures_util::stream::unfold(start, |mut c| async move {
@@ -734,6 +804,24 @@ pub(crate) mod http {
             }
             match c.store.admin_audit_page(c.after, EXPORT_PAGE).await {
                 Ok(rows) if !rows.is_empty() => {
+                    if c.count == 0 && rows[0].seq > 1 {
+                        // The head of the log was retained away: carry the
+                        // checkpoint it starts from, for offline verification.
+                        match c
+                            .store
+                            .checkpoints(crate::store::chain::ADMIN_AUDIT_CHAIN)
+                            .await
+                        {
+                            Ok(cps) => {
+                                c.checkpoint = start_checkpoint(&cps, rows[0].seq).map(Into::into);
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "Admin audit export failed reading checkpoints");
+                                c.done = true;
+                                return Some((Err(std::io::Error::other("store unavailable")), c));
+                            }
+                        }
+                    }
                     let mut chunk = String::new();
                     for row in &rows {
                         let e = AuditEntry::from_row(row);
@@ -751,6 +839,7 @@ pub(crate) mod http {
                 Ok(_) => {
                     let trailer = ExportTrailer {
                         format: FORMAT.into(),
+                        checkpoint: c.checkpoint.clone(),
                         chain_head: c.last.clone(),
                         entries: c.count,
                         canonical: CANONICAL_DESCRIPTION.into(),
@@ -836,7 +925,20 @@ pub fn parse_export(text: &str) -> Result<ParsedExport, ExportParseError> {
 
 /// Verify a parsed export, checking the trailer's head when there is one.
 pub fn verify_export(p: &ParsedExport, key: &AuditKey) -> Result<VerifyReport, VerifyError> {
-    let mut v = Verifier::new(key);
+    let cp = p
+        .trailer
+        .as_ref()
+        .and_then(|t| t.checkpoint.as_ref())
+        .map(crate::store::chain::CheckpointRow::from);
+    let mut v = match (&cp, p.entries.first()) {
+        (Some(cp), Some(first)) if first.seq > 1 => {
+            if cp.position != first.seq - 1 {
+                return Err(VerifyError::BadCheckpoint { seq: cp.position });
+            }
+            Verifier::from_checkpoint(key, cp)?
+        }
+        _ => Verifier::new(key),
+    };
     for e in &p.entries {
         v.push(e)?;
     }

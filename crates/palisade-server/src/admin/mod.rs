@@ -12,6 +12,7 @@ mod approvals;
 mod export;
 pub mod audit;
 pub mod console;
+pub mod integrity;
 pub mod policy;
 pub mod rbac;
 pub mod session;

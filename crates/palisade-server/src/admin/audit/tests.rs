@@ -240,6 +240,7 @@ fn export_round_trips_and_trailer_catches_truncation() {
         text.push('\n');
     }
     let trailer = ExportTrailer {
+        checkpoint: None,
         format: FORMAT.into(),
         chain_head: Some(ExportHead {
             seq: 3,
