@@ -8,7 +8,8 @@
 //! | `events` | deleted after `events_days`, as a prefix of the chain |
 //! | `admin_audit` | deleted after `admin_audit_days`, newest entry kept |
 //! | `inventory` | rows not reported for `inventory_days` |
-//! | `enrollment_tokens` / `admin_tokens` | `tokens_days` past expiry / revocation |
+//! | `enrollment_tokens` / `admin_tokens` | `tokens_days` past expiry / revocation (with their console sessions) |
+//! | `console_sessions` | expired or idle, every pass |
 //! | `chain_checkpoints` | those below the oldest kept boundary |
 //! | `policies`, `catalog_*`, `devices` | kept: policy history and decisions are evidence, and small |
 //!
@@ -150,6 +151,14 @@ async fn apply(
         r.counts.enrollment_tokens_deleted = enrollment;
         r.counts.admin_tokens_deleted = admin;
     }
+    // Console sessions past expiry or idle time (sign-in also purges them;
+    // this covers a console nobody signs in to).
+    r.counts.console_sessions_deleted = store
+        .purge_sessions(
+            now_ms,
+            now_ms - crate::admin::session::SESSION_IDLE_SECS * 1000,
+        )
+        .await?;
     // Sign the event chain's head, bounding how much of it a database-level
     // attacker could rewrite unnoticed.
     let head = store.event_chain_head().await?;

@@ -322,6 +322,7 @@ pub struct RetentionCounts {
     pub inventory_deleted: u64,
     pub enrollment_tokens_deleted: u64,
     pub admin_tokens_deleted: u64,
+    pub console_sessions_deleted: u64,
     pub checkpoints_deleted: u64,
 }
 
@@ -861,6 +862,14 @@ macro_rules! chain_impl {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
+                // Their console sessions go first (foreign key); they are dead anyway.
+                sqlx::query(
+                    "DELETE FROM console_sessions WHERE token_id IN (SELECT id FROM admin_tokens \
+                     WHERE revoked_at IS NOT NULL AND revoked_at < $1)",
+                )
+                .bind(cutoff_ms)
+                .execute(&self.pool)
+                .await?;
                 let admin = sqlx::query("DELETE FROM admin_tokens WHERE revoked_at IS NOT NULL AND revoked_at < $1")
                     .bind(cutoff_ms)
                     .execute(&self.pool)

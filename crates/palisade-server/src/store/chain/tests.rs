@@ -665,6 +665,10 @@ async fn retention_applies_to_every_table_and_audits_its_counts() {
             .await
             .unwrap();
         let tok = s.create_admin_token("admin-h", "old").await.unwrap();
+        // A console session of that token (the foreign key must not stop the delete).
+        s.create_session("sess-h", "sess-pub", &tok, now.timestamp_millis() + 1000)
+            .await
+            .unwrap();
         exec(
             &s,
             &format!("UPDATE admin_tokens SET revoked_at = 1 WHERE id = '{tok}'"),
@@ -691,6 +695,7 @@ async fn retention_applies_to_every_table_and_audits_its_counts() {
                 inventory_deleted: 2,
                 enrollment_tokens_deleted: 1,
                 admin_tokens_deleted: 1,
+                console_sessions_deleted: 0,
                 checkpoints_deleted: 0,
             },
             "{}",
