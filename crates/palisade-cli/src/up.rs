@@ -270,12 +270,13 @@ pub fn print_banner(out: &mut impl Write, b: &Banner) -> std::io::Result<()> {
     if let Some(bundle) = &b.ca_bundle {
         writeln!(out, "  CA bundle:    {}", bundle.display())?;
     }
-    writeln!(out, "  Console/API:  {api}")?;
+    writeln!(out, "  Console:      http://{}/", b.admin)?;
+    writeln!(out, "  API:          {api}")?;
     writeln!(out, "  Agent gRPC:   https://{}", b.grpc)?;
     writeln!(out, "  Device id:    {}", b.device_id)?;
     writeln!(out, "  Data dir:     {}", b.data_dir.display())?;
     writeln!(out, "  Admin token:  {}", b.admin_token.expose())?;
-    writeln!(out, "                (shown once; a new one is made on every `palisade up`)")?;
+    writeln!(out, "                (shown once; sign in to the console with it; a new one is made on every `palisade up`)")?;
     writeln!(out)?;
     writeln!(out, "Route a shell's AI traffic through Palisade:")?;
     writeln!(out, "  export HTTPS_PROXY={proxy}")?;
@@ -355,7 +356,8 @@ mod tests {
             "PAC file:     http://127.0.0.1:8877/proxy.pac",
             "Device CA:    /d/agent/palisade-ca.pem",
             "CA bundle:    /d/ca-bundle.pem",
-            "Console/API:  http://127.0.0.1:8080/api/v1/",
+            "Console:      http://127.0.0.1:8080/\n",
+            "API:          http://127.0.0.1:8080/api/v1/",
             "export HTTPS_PROXY=http://127.0.0.1:8877",
             "export NODE_EXTRA_CA_CERTS=/d/agent/palisade-ca.pem",
             "export SSL_CERT_FILE=/d/ca-bundle.pem",

@@ -106,7 +106,7 @@ fn up_starts_an_enrolled_agent_and_a_second_run_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(dir.path());
     let proxy = up.value("Proxy");
-    let api = up.value("Console/API");
+    let api = up.value("API");
     let token = up.value("Admin token");
     let device_id = up.value("Device id");
     assert!(token.starts_with("pal_admin_"), "{token}");
@@ -119,6 +119,10 @@ fn up_starts_an_enrolled_agent_and_a_second_run_reuses_it() {
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["id"], device_id.as_str());
     assert_eq!(list[0]["revoked"], false);
+    let console = up.value("Console");
+    let (status, page) = get(&console, None);
+    assert_eq!(status, 200, "the console is served at {console}");
+    assert!(page.contains("/console/app.js"), "{page}");
     let (status, _) = get(&format!("{api}devices"), Some("pal_admin_wrong"));
     assert_eq!(status, 401, "the API refuses a wrong token");
 
@@ -132,7 +136,7 @@ fn up_starts_an_enrolled_agent_and_a_second_run_reuses_it() {
     let token2 = again.value("Admin token");
     assert_ne!(token2, token, "every run prints a new admin token");
     assert_eq!(again.value("Device id"), device_id, "the identity is reused");
-    let list = devices(&again.value("Console/API"), &token2);
+    let list = devices(&again.value("API"), &token2);
     assert_eq!(list.len(), 1, "no duplicate device: {list:?}");
     again.sigterm_and_wait();
 
@@ -146,7 +150,7 @@ fn up_starts_an_enrolled_agent_and_a_second_run_reuses_it() {
     let fresh = Up::start(dir.path());
     let new_id = fresh.value("Device id");
     assert_ne!(new_id, device_id);
-    let list = devices(&fresh.value("Console/API"), &fresh.value("Admin token"));
+    let list = devices(&fresh.value("API"), &fresh.value("Admin token"));
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["id"], new_id.as_str());
     fresh.sigterm_and_wait();
