@@ -256,6 +256,7 @@ impl Target {
         info!(target_name = %self.cfg.name, address = %self.cfg.address, cursor, "Forwarding to the collector");
         let mut progressed = false;
         let mut frame = Vec::new();
+        let mut watermark = cursor;
         loop {
             if *shutdown.borrow() {
                 return Ok(Session::Stopped);
@@ -264,12 +265,22 @@ impl Target {
                 if !lease.is_held().await {
                     return Err(ForwardError::LeaseLost);
                 }
-                let watermark = store.event_watermark().await?;
                 let mut rows = store.query_events(&self.filter(cursor)).await?;
+                // Take the (locking, on PostgreSQL) watermark only when rows
+                // go past the last one known, or to skip filtered-out rows;
+                // then read again, so every read follows the watermark it
+                // is cut at and a row at or below it cannot be missed.
+                let newest = rows.last().map(|r| r.seq);
+                if newest.is_some_and(|n| n > watermark)
+                    || (newest.is_none() && store.max_event_seq().await? > cursor.max(watermark))
+                {
+                    watermark = store.event_watermark().await?;
+                    rows = store.query_events(&self.filter(cursor)).await?;
+                }
                 rows.retain(|r| r.seq <= watermark);
                 if rows.is_empty() {
                     if watermark > cursor {
-                        // Everything up to the watermark is filtered out: skip it.
+                        // Nothing up to the watermark matches the filter: skip it.
                         store.save_forward_cursor(&self.cfg.name, watermark).await?;
                         cursor = watermark;
                     }
