@@ -4,13 +4,21 @@
 //! `--key-file` is given) or from an exported JSONL file (`--file`, with the
 //! key handed over out of band in `--key-file`).
 //!
+//! With `--events` it checks the interaction-record chain instead (from the
+//! store only: `--config`), including the signed checkpoints retention
+//! leaves, and names the position, event id and kind of tamper it finds.
+//!
 //! Read-only: it must never write to the store or the export, never print
-//! the key, and it refuses to create a SQLite file that does not exist.
+//! the key or record contents, and it refuses to create a SQLite file that
+//! does not exist.
 
 use clap::{Args, Subcommand};
 use palisade_server::admin::audit::{
     parse_export, verify_export, verify_store, AuditKey, AuditKeyError, ExportParseError,
     VerifyError, VerifyReport, VerifyStoreError,
+};
+use palisade_server::admin::integrity::{
+    verify_events, EventChainError, EventVerifyReport, VerifyEventsError,
 };
 use palisade_server::{ServerConfig, Store, StoreError};
 use std::io::Write;
@@ -24,7 +32,8 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the admin audit log's hash chain and HMACs; names the first broken seq.
+    /// Verify the admin audit log's hash chain and HMACs (names the first broken
+    /// seq), or with --events the interaction-record chain.
     Verify(VerifyArgs),
 }
 
@@ -40,6 +49,10 @@ pub struct VerifyArgs {
     /// The audit key file (64 hex characters) [default with --config: <data_dir>/audit.key].
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// Check the interaction records' hash chain and checkpoints instead
+    /// (needs --config).
+    #[arg(long, conflicts_with = "file")]
+    pub events: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +72,19 @@ pub enum AuditCliError {
     Export(#[from] ExportParseError),
     #[error("admin audit log is NOT intact: {0}")]
     Broken(#[from] VerifyError),
+    #[error("interaction records are NOT intact: {0}")]
+    EventsBroken(#[from] EventChainError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
 }
 
 pub async fn run(args: AuditArgs, out: &mut impl Write) -> Result<(), AuditCliError> {
     match args.command {
+        AuditCommand::Verify(v) if v.events => {
+            let (source, report) = verify_events_of(&v).await?;
+            print_events_report(out, &source, &report)?;
+            Ok(())
+        }
         AuditCommand::Verify(v) => {
             let (source, report) = verify(&v).await?;
             print_report(out, &source, &report)?;
@@ -93,6 +113,34 @@ pub async fn verify(args: &VerifyArgs) -> Result<(String, VerifyReport), AuditCl
         }
         return Ok((source, verify_export(&parsed, &key)?));
     }
+    let (store, key) = open_store(args).await?;
+    let result = verify_store(&store, &key).await;
+    store.close().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(VerifyStoreError::Store(e)) => return Err(e.into()),
+        Err(VerifyStoreError::Broken(e)) => return Err(e.into()),
+    };
+    Ok((format!("{} store", store.backend_name()), report))
+}
+
+/// Verify the interaction-record chain of the store `--config` names.
+pub async fn verify_events_of(
+    args: &VerifyArgs,
+) -> Result<(String, EventVerifyReport), AuditCliError> {
+    let (store, key) = open_store(args).await?;
+    let result = verify_events(&store, &key).await;
+    store.close().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(VerifyEventsError::Store(e)) => return Err(e.into()),
+        Err(VerifyEventsError::Broken(e)) => return Err(e.into()),
+    };
+    Ok((format!("{} store", store.backend_name()), report))
+}
+
+/// Open (never create) the store `--config` names, with its audit key.
+async fn open_store(args: &VerifyArgs) -> Result<(Store, AuditKey), AuditCliError> {
     let Some(cfg_path) = &args.config else {
         return Err(AuditCliError::Config {
             path: "-".into(),
@@ -117,14 +165,43 @@ pub async fn verify(args: &VerifyArgs) -> Result<(String, VerifyReport), AuditCl
         .unwrap_or_else(|| AuditKey::default_path(&cfg));
     let key = AuditKey::load(&key_path)?;
     let store = Store::open(&cfg).await?;
-    let result = verify_store(&store, &key).await;
-    store.close().await;
-    let report = match result {
-        Ok(r) => r,
-        Err(VerifyStoreError::Store(e)) => return Err(e.into()),
-        Err(VerifyStoreError::Broken(e)) => return Err(e.into()),
-    };
-    Ok((format!("{} store", store.backend_name()), report))
+    Ok((store, key))
+}
+
+fn print_events_report(
+    out: &mut impl Write,
+    source: &str,
+    r: &EventVerifyReport,
+) -> Result<(), std::io::Error> {
+    writeln!(out, "interaction records intact: {source}")?;
+    match (r.first_position, r.last_position) {
+        (Some(a), Some(b)) => writeln!(out, "  events:      {} (positions {a}..={b})", r.events)?,
+        _ => writeln!(out, "  events:      0")?,
+    }
+    if let Some(p) = r.started_at_checkpoint {
+        writeln!(
+            out,
+            "  starts at:   signed checkpoint at position {p} (older records removed by retention)"
+        )?;
+    }
+    writeln!(
+        out,
+        "  purged:      {} with content removed by retention (stored content digests used)",
+        r.content_purged
+    )?;
+    writeln!(out, "  checkpoints: {} signed, all checked", r.checkpoints)?;
+    if r.unlinked_legacy > 0 {
+        writeln!(
+            out,
+            "  not covered: {} records stored before chaining began",
+            r.unlinked_legacy
+        )?;
+    }
+    match r.last_position {
+        Some(p) => writeln!(out, "  head:        position {p}, hash {}", r.head_hash)?,
+        None => writeln!(out, "  head:        hash {}", r.head_hash)?,
+    }
+    Ok(())
 }
 
 fn print_report(
@@ -214,7 +291,84 @@ mod tests {
             config,
             file,
             key_file: key,
+            events: false,
         }
+    }
+
+    fn new_event(json: &str) -> palisade_server::store::NewEvent {
+        palisade_server::store::NewEvent {
+            id: uuid::Uuid::now_v7(),
+            time: chrono::Utc::now(),
+            kind: "interaction".into(),
+            provider: Some("openai".into()),
+            model: Some("gpt-4o".into()),
+            app: None,
+            decision: Some("allow".into()),
+            json: json.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_the_event_chain_and_names_a_deleted_position() {
+        let (dir, cfg_path, _) = server_dir(1).await;
+        let cfg = ServerConfig::for_data_dir(dir.path());
+        let store = Store::open(&cfg).await.unwrap();
+        let events: Vec<_> = (0..5)
+            .map(|i| new_event(&format!("{{\"request\":{{\"prompt\":\"p{i}\"}}}}")))
+            .collect();
+        store.insert_events("dev-1", &events).await.unwrap();
+        store.close().await;
+
+        let mut a = args(Some(cfg_path.clone()), None, None);
+        a.events = true;
+        let mut out = Vec::new();
+        run(
+            AuditArgs {
+                command: AuditCommand::Verify(a),
+            },
+            &mut out,
+        )
+        .await
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("interaction records intact: sqlite store"),
+            "{out}"
+        );
+        assert!(out.contains("events:      5 (positions 1..=5)"), "{out}");
+        assert!(
+            !out.contains("p3"),
+            "record contents must not be printed: {out}"
+        );
+
+        // Someone removes the third record with plain SQL.
+        let db = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(cfg.sqlite_path()))
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM events WHERE chain_pos = 3")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        let mut a = args(Some(cfg_path), None, None);
+        a.events = true;
+        let e = verify_events_of(&a).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AuditCliError::EventsBroken(EventChainError::Deleted {
+                    position: 3,
+                    next: 4
+                })
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("interaction records are NOT intact: position 3: missing"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -349,5 +503,11 @@ mod tests {
         .is_err());
         assert!(T::try_parse_from(["t", "verify", "--file", "x", "--key-file", "k"]).is_ok());
         assert!(T::try_parse_from(["t", "verify", "--config", "y"]).is_ok());
+        assert!(T::try_parse_from(["t", "verify", "--events", "--config", "y"]).is_ok());
+        assert!(T::try_parse_from(["t", "verify", "--events"]).is_err());
+        assert!(
+            T::try_parse_from(["t", "verify", "--events", "--file", "x", "--key-file", "k"])
+                .is_err()
+        );
     }
 }
