@@ -75,6 +75,12 @@ function fmtTime(v) {
   return d.toLocaleString(undefined, { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
+function shortTime(v) {
+  const d = new Date(v);
+  if (Number.isNaN(d.getTime())) return String(v ?? "-");
+  return d.toLocaleString(undefined, { month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+}
+
 function ago(v) {
   if (!v) return "never";
   const s = Math.max(0, (Date.now() - new Date(v).getTime()) / 1000);
@@ -89,8 +95,17 @@ function money(v) {
   return `$${Number(v).toFixed(Number(v) < 1 ? 4 : 2)}`;
 }
 
-function can(...roles) {
-  return session && roles.includes(session.role);
+/** Whether the signed-in role may call `method path` (the server's matrix,
+ * from /console/session). The server enforces it anyway; this hides what
+ * cannot be used. */
+function allowed(method, path) {
+  if (!session || !Array.isArray(session.permissions)) return false;
+  const segs = path.split("?")[0].split("/");
+  return session.permissions.some((p) => {
+    const [m, pat] = p.split(" ");
+    const ps = pat.split("/");
+    return m === method && ps.length === segs.length && ps.every((x, i) => x.startsWith("{") || x === segs[i]);
+  });
 }
 
 // === API ===
@@ -179,8 +194,8 @@ const PAGES = [
   { id: "approvals", label: "Approvals", render: approvalsPage },
   { id: "events", label: "Events", render: eventsPage },
   { id: "devices", label: "Devices", render: devicesPage },
-  { id: "policy", label: "Policy", render: policyPage, roles: ["admin", "approver", "auditor"] },
-  { id: "audit", label: "Admin audit", render: auditPage, roles: ["admin", "auditor"] },
+  { id: "policy", label: "Policy", render: policyPage, needs: "/api/v1/policy" },
+  { id: "audit", label: "Admin audit", render: auditPage, needs: "/api/v1/admin-audit" },
 ];
 
 function route() {
@@ -189,7 +204,7 @@ function route() {
 }
 
 function shell(active) {
-  const nav = PAGES.filter((p) => !p.roles || can(...p.roles)).map((p) =>
+  const nav = PAGES.filter((p) => !p.needs || allowed("GET", p.needs)).map((p) =>
     el("a", { href: `#/${p.id}`, class: p.id === active ? "active" : "", id: `nav-${p.id}` },
       p.label,
       p.id === "approvals" && pendingCount ? el("span", { class: "count", title: "pending" }, pendingCount) : null,
@@ -225,7 +240,7 @@ async function render() {
     }
   }
   const { page, arg } = route();
-  const def = PAGES.find((p) => p.id === page && (!p.roles || can(...p.roles))) || PAGES[0];
+  const def = PAGES.find((p) => p.id === page && (!p.needs || allowed("GET", p.needs))) || PAGES[0];
   document.title = `${def.label} · Palisade`;
   const main = shell(def.id);
   try {
@@ -482,7 +497,7 @@ async function approvalsPage(main) {
       el("td", {}, ago(item.first_seen)),
       el("td", {}, ago(item.last_seen)),
       el("td", {}, badge(item.status), item.decided_by ? el("div", { class: "muted" }, `by ${item.decided_by}`) : null),
-      el("td", {}, can("admin", "approver")
+      el("td", {}, allowed("POST", `/api/v1/approvals/${item.kind}/x/approve`)
         ? el("div", { class: "actions" },
           item.status !== "approved" ? el("button", { class: "approve", onclick: () => decide(item, "approve", row) }, "Approve") : null,
           item.status !== "denied" ? el("button", { class: "deny", onclick: () => decide(item, "deny", row) }, "Deny") : null)
@@ -539,7 +554,7 @@ async function eventsPage(main, arg) {
       eventState.cache.set(String(e.id), e);
       const prompt = e.request && typeof e.request.prompt === "string" ? e.request.prompt : null;
       tbody.appendChild(el("tr", { class: "clickable event-row", "data-id": e.id, onclick: () => (location.hash = `#/events/${encodeURIComponent(e.id)}`) },
-        el("td", { class: "muted" }, fmtTime(e.time)),
+        el("td", { class: "muted nowrap" }, shortTime(e.time)),
         el("td", {}, e.kind),
         el("td", {}, (e.user && (e.user.email || e.user.os_user)) || "-"),
         el("td", {}, (e.app && (e.app.name || e.app.id || e.app.exe)) || "-"),
@@ -682,7 +697,7 @@ async function devicesPage(main) {
       el("td", {}, ago(d.last_seen)),
       el("td", {}, d.applied_policy_version ? `v${d.applied_policy_version}` : "none", old && !d.revoked ? [" ", badge("old", "warn")] : null),
       el("td", {}, d.revoked ? badge("revoked") : badge("active", "ok")),
-      el("td", {}, can("admin") && !d.revoked ? el("button", { class: "danger", onclick: async () => {
+      el("td", {}, allowed("POST", "/api/v1/devices/x/revoke") && !d.revoked ? el("button", { class: "danger", onclick: async () => {
         if (!(await confirmDialog("Revoke device?", `${d.hostname} will lose access to the control plane at once. Its agent must enroll again.`, "Revoke"))) return;
         try {
           await api("POST", `/api/v1/devices/${encodeURIComponent(d.id)}/revoke`);
@@ -726,7 +741,7 @@ function diffView(d) {
 async function policyPage(main) {
   main.append(el("h1", {}, "Policy"), el("p", { class: "sub" }, "What agents intercept, allow and block. Validate a draft, review the diff, then publish it to every device."));
   const [cur, hist] = await Promise.all([api("GET", "/api/v1/policy"), optional("/api/v1/policy/versions?limit=50")]);
-  const editable = can("admin");
+  const editable = allowed("PUT", "/api/v1/policy") && allowed("POST", "/api/v1/policy/validate");
   const text = JSON.stringify(cur.document, null, 2);
   const area = el("textarea", { class: "code", id: "policy-text", spellcheck: "false", readonly: !editable }, text);
   const result = el("div", { id: "policy-result" });
@@ -784,10 +799,12 @@ async function auditPage(main) {
   main.append(el("h1", {}, "Admin audit log"), el("p", { class: "sub" }, "Every change, decision, sign-in and refused call, hash-chained and signed."));
   const first = await api("GET", "/api/v1/admin-audit?limit=1");
   const head = first.head;
-  const verify = await optional("/api/v1/admin-audit/verify");
+  const verify = allowed("GET", "/api/v1/admin-audit/verify") ? await optional("/api/v1/admin-audit/verify") : null;
   const status = el("div", { class: "panel", id: "audit-status" });
   if (verify && verify.ok !== undefined) {
-    status.appendChild(verify.ok ? el("div", { class: "okbox" }, `Chain verified: ${verify.entries} entries intact.`) : el("div", { class: "error" }, `Chain broken: ${verify.error || "verification failed"}`));
+    status.appendChild(verify.ok
+      ? el("div", { class: "okbox", id: "audit-verified" }, `Chain verified: ${verify.entries} entries intact, signed with this server's key (head ${verify.head_seq ?? "-"}, ${String(verify.head_hash || "").slice(0, 16)}…).`)
+      : el("div", { class: "error", id: "audit-broken" }, `Chain broken: ${verify.error || "verification failed"}. Export the log and run palisade audit verify.`));
   } else {
     status.appendChild(el("div", { class: "muted" }, head ? `Chain head: entry ${head.seq}, hash ${head.hash.slice(0, 16)}…. Verify it with palisade audit verify.` : "The log is empty."));
   }
@@ -803,13 +820,13 @@ async function auditPage(main) {
     el("thead", {}, el("tr", {}, ["#", "Time", "Actor", "Action", "Target", "Outcome", "From", "Details"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((e) => el("tr", {},
       el("td", { class: "muted" }, e.seq),
-      el("td", {}, fmtTime(e.time)),
+      el("td", { class: "nowrap" }, shortTime(e.time)),
       el("td", {}, e.actor ? e.actor.id : "-"),
       el("td", {}, e.action),
       el("td", { class: "clip" }, e.target ? `${e.target.type} ${e.target.id}` : "-"),
       el("td", {}, badge(e.outcome)),
       el("td", { class: "muted" }, e.ip || "-"),
-      el("td", { class: "mono clip", title: JSON.stringify(e.details) }, JSON.stringify(e.details)))))));
+      el("td", { class: "mono clip narrow", title: JSON.stringify(e.details) }, JSON.stringify(e.details)))))));
   if (head.seq > pageSize) panel.appendChild(el("p", { class: "muted" }, `Showing the newest ${pageSize} of ${head.seq} entries. Export all with GET /api/v1/admin-audit/export.`));
 }
 

@@ -55,6 +55,7 @@ fn cases(policy_doc: &Value) -> Vec<Case> {
         Case { method: Method::POST, path: "/api/v1/approvals/app/no-such-app/approve", body: Some(json!({})), allowed: &["admin", "approver"], ok_status: None, audited: true },
         Case { method: Method::POST, path: "/api/v1/approvals/mcp/no-such-mcp/deny", body: Some(json!({})), allowed: &["admin", "approver"], ok_status: None, audited: true },
         Case { method: Method::GET, path: "/api/v1/admin-audit", body: None, allowed: &["admin", "auditor"], ok_status: Some(200), audited: false },
+        Case { method: Method::GET, path: "/api/v1/admin-audit/verify", body: None, allowed: &["admin", "auditor"], ok_status: Some(200), audited: false },
         Case { method: Method::GET, path: "/api/v1/admin-audit/export", body: None, allowed: &["admin", "auditor"], ok_status: Some(200), audited: true },
         Case { method: Method::GET, path: "/api/v1/export", body: None, allowed: &["admin", "auditor"], ok_status: None, audited: true },
         // Not in the matrix: refused for everyone, admin included.
@@ -464,7 +465,13 @@ async fn tampering_in_the_database_is_detected_at_the_right_seq() {
             broken(verify_store(&store, &key).await),
             VerifyError::HashMismatch { seq: 3 }
         );
+        // The console's verify endpoint says so too (and writes nothing).
+        let (s, v) = srv.admin(Method::GET, "/api/v1/admin-audit/verify", None).await;
+        assert_eq!((s, v["ok"].as_bool()), (200, Some(false)), "{v}");
+        assert!(v["error"].as_str().unwrap().contains('3'), "{v}");
         db.restore(&original).await;
+        let (_, v) = srv.admin(Method::GET, "/api/v1/admin-audit/verify", None).await;
+        assert_eq!((v["ok"].as_bool(), v["entries"].as_u64()), (Some(true), Some(6)), "{v}");
         db.exec("UPDATE admin_audit SET details = '{\"max_uses\":1000}' WHERE seq = 2")
             .await;
         assert_eq!(

@@ -115,9 +115,33 @@ async fn seeded() -> (TestServer, Vec<String>) {
         count: 1,
     };
     let records = vec![
-        interaction(&d, "ann@example.com", "cursor", "gpt-4o", "Summarise the Q3 revenue report for ann@example.com", "Revenue grew 12% quarter on quarter.", vec![email]),
-        interaction(&d, "bob@example.com", "claude-code", "claude-sonnet-4", XSS, "<b>not bold</b>", vec![]),
-        interaction(&d, "ann@example.com", "cursor", "gpt-4o-mini", "Write a haiku about firewalls", "Packets at the gate", vec![]),
+        interaction(
+            &d,
+            "ann@example.com",
+            "cursor",
+            "gpt-4o",
+            "Summarise the Q3 revenue report for ann@example.com",
+            "Revenue grew 12% quarter on quarter.",
+            vec![email],
+        ),
+        interaction(
+            &d,
+            "bob@example.com",
+            "claude-code",
+            "claude-sonnet-4",
+            XSS,
+            "<b>not bold</b>",
+            vec![],
+        ),
+        interaction(
+            &d,
+            "ann@example.com",
+            "cursor",
+            "gpt-4o-mini",
+            "Write a haiku about firewalls",
+            "Packets at the gate",
+            vec![],
+        ),
     ];
     let ids = records.iter().map(|r| r.id.clone()).collect();
     let acks = upload(&mut c.audit, vec![batch(1, records)]).await.unwrap();
@@ -144,14 +168,18 @@ async fn sign_in(b: &Browser, srv: &TestServer, token: &str) {
 }
 
 async fn audit_log(srv: &TestServer) -> Vec<Value> {
-    let (s, v) = srv.admin(Method::GET, "/api/v1/admin-audit?limit=1000", None).await;
+    let (s, v) = srv
+        .admin(Method::GET, "/api/v1/admin-audit?limit=1000", None)
+        .await;
     assert_eq!(s, 200);
     v["entries"].as_array().unwrap().clone()
 }
 
 #[tokio::test]
 async fn admin_goes_through_the_console_in_a_real_browser() {
-    let Some(b) = Browser::launch().await else { return };
+    let Some(b) = Browser::launch().await else {
+        return;
+    };
     let (srv, ids) = seeded().await;
 
     // Sign-in page; a wrong token is refused with a visible error.
@@ -174,14 +202,31 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.goto(&srv.url("/#/approvals")).await;
     b.find("tr.approval-row[data-id=\"cursor\"]").await;
     b.screenshot("04-approvals").await;
-    b.click(&b.find("tr.approval-row[data-id=\"cursor\"] button.approve").await).await;
+    b.click(
+        &b.find("tr.approval-row[data-id=\"cursor\"] button.approve")
+            .await,
+    )
+    .await;
     b.wait_gone("tr.approval-row[data-id=\"cursor\"]").await;
     b.find("tr.approval-row[data-id=\"fp-github\"]").await;
     b.screenshot("05-approved").await;
-    let (_, item) = srv.admin(Method::GET, "/api/v1/approvals/app/cursor", None).await;
+    let (_, item) = srv
+        .admin(Method::GET, "/api/v1/approvals/app/cursor", None)
+        .await;
     assert_eq!(item["status"], "approved", "{item}");
-    let approve = audit_log(&srv).await.into_iter().rev().find(|e| e["action"] == "approve").expect("approve audited");
-    assert_eq!((approve["actor"]["id"].as_str(), approve["details"]["via"].as_str()), (Some("test-admin"), Some("session")));
+    let approve = audit_log(&srv)
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == "approve")
+        .expect("approve audited");
+    assert_eq!(
+        (
+            approve["actor"]["id"].as_str(),
+            approve["details"]["via"].as_str()
+        ),
+        (Some("test-admin"), Some("session"))
+    );
 
     // Search events by free text and open the detail view.
     b.goto(&srv.url("/#/events")).await;
@@ -196,7 +241,8 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.click(&rows[0]).await;
     b.wait_text("#event-json", &ids[0]).await;
     b.wait_text("#event-findings", "email").await;
-    b.wait_text("#event-prompt", "Summarise the Q3 revenue report").await;
+    b.wait_text("#event-prompt", "Summarise the Q3 revenue report")
+        .await;
     b.wait_text("#event-facts", "ann@example.com").await;
     b.screenshot("07-event-detail").await;
 
@@ -215,8 +261,14 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
             vec![],
         )
         .await;
-    assert_eq!(probe["xss"], "undefined", "markup from a prompt ran: {probe}");
-    assert_eq!(probe["tags"], 0, "markup from a prompt became elements: {probe}");
+    assert_eq!(
+        probe["xss"], "undefined",
+        "markup from a prompt ran: {probe}"
+    );
+    assert_eq!(
+        probe["tags"], 0,
+        "markup from a prompt became elements: {probe}"
+    );
     b.screenshot("08-xss-shown-as-text").await;
 
     // CSRF from the console's own origin: a fetch without or with a wrong token is refused.
@@ -228,10 +280,23 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
         )
         .await;
     assert_eq!(statuses, json!([403, 403]));
-    let refused: Vec<Value> = audit_log(&srv).await.into_iter().filter(|e| e["target"]["type"] == "enrollment-token" && e["details"]["via"] == "session").collect();
-    let reasons: Vec<&str> = refused.iter().filter_map(|e| e["details"]["reason"].as_str()).collect();
-    assert!(reasons.contains(&"CSRF token missing") && reasons.contains(&"CSRF token wrong"), "{reasons:?}");
-    assert!(refused.iter().all(|e| e["outcome"] == "failure"), "no token was created: {refused:?}");
+    let refused: Vec<Value> = audit_log(&srv)
+        .await
+        .into_iter()
+        .filter(|e| e["target"]["type"] == "enrollment-token" && e["details"]["via"] == "session")
+        .collect();
+    let reasons: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["details"]["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"CSRF token missing") && reasons.contains(&"CSRF token wrong"),
+        "{reasons:?}"
+    );
+    assert!(
+        refused.iter().all(|e| e["outcome"] == "failure"),
+        "no token was created: {refused:?}"
+    );
 
     // CSRF from another site: a page on another origin auto-submits a form
     // at the API; the browser keeps the SameSite=Strict cookie home and the
@@ -258,8 +323,21 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     });
     b.goto(&format!("http://localhost:{evil_port}/")).await;
     let landed = b.wait_text("body", "error").await;
-    assert!(landed.contains("bearer token required") || landed.contains("CSRF") || landed.contains("cross-"), "{landed}");
-    let created = audit_log(&srv).await.into_iter().filter(|e| e["target"]["type"] == "enrollment-token" && e["outcome"] == "success" && e["details"]["via"] == "session").count();
+    assert!(
+        landed.contains("bearer token required")
+            || landed.contains("CSRF")
+            || landed.contains("cross-"),
+        "{landed}"
+    );
+    let created = audit_log(&srv)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e["target"]["type"] == "enrollment-token"
+                && e["outcome"] == "success"
+                && e["details"]["via"] == "session"
+        })
+        .count();
     assert_eq!(created, 0, "a cross-site form must not create anything");
 
     // Policy editor: invalid draft lists its errors; a valid one shows the diff and saves.
@@ -269,14 +347,30 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     let set_text = "const a = document.getElementById('policy-text'); a.value = arguments[0]; a.dispatchEvent(new Event('input')); return true;";
     let mut bad = current.clone();
     bad["apps"]["rules"] = json!([{"id": "", "decision": "allow"}, {"id": "dup", "decision": "allow"}, {"id": "DUP", "decision": "deny"}]);
-    b.exec(set_text, vec![json!(serde_json::to_string_pretty(&bad).unwrap())]).await;
+    b.exec(
+        set_text,
+        vec![json!(serde_json::to_string_pretty(&bad).unwrap())],
+    )
+    .await;
     b.click(&b.find("#policy-validate").await).await;
     let errors = b.wait_text("#policy-errors", "id is empty").await;
     assert!(errors.contains("duplicate id"), "{errors}");
-    assert_eq!(b.exec("return document.getElementById('policy-save').disabled;", vec![]).await, json!(true), "no saving an invalid draft");
+    assert_eq!(
+        b.exec(
+            "return document.getElementById('policy-save').disabled;",
+            vec![]
+        )
+        .await,
+        json!(true),
+        "no saving an invalid draft"
+    );
     let mut good = current.clone();
     good["never_intercept"] = json!(["bank.example.com"]);
-    b.exec(set_text, vec![json!(serde_json::to_string_pretty(&good).unwrap())]).await;
+    b.exec(
+        set_text,
+        vec![json!(serde_json::to_string_pretty(&good).unwrap())],
+    )
+    .await;
     b.click(&b.find("#policy-validate").await).await;
     b.find("#policy-valid").await;
     b.wait_text("#unified-diff", "bank.example.com").await;
@@ -285,8 +379,14 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.click(&b.find("#policy-save").await).await;
     b.wait_text("#toasts", "published").await;
     let (_, after) = srv.admin(Method::GET, "/api/v1/policy", None).await;
-    assert_eq!(after["version"].as_u64(), before["version"].as_u64().map(|v| v + 1));
-    assert_eq!(after["document"]["never_intercept"], json!(["bank.example.com"]));
+    assert_eq!(
+        after["version"].as_u64(),
+        before["version"].as_u64().map(|v| v + 1)
+    );
+    assert_eq!(
+        after["document"]["never_intercept"],
+        json!(["bank.example.com"])
+    );
     b.find("#policy-history").await;
     b.screenshot("10-policy-saved").await;
 
@@ -297,13 +397,24 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.goto(&srv.url("/#/audit")).await;
     let log = b.wait_text("#audit-table", "approve").await;
     assert!(log.contains("console-session"), "sign-in is in the log");
+    b.wait_text("#audit-status", "Chain verified").await;
+    // Browsing the console made no refused reads (it only calls what the role may).
+    let refused_reads: Vec<Value> = audit_log(&srv)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "read")
+        .collect();
+    assert!(refused_reads.is_empty(), "{refused_reads:?}");
     b.screenshot("12-audit").await;
 
     // Sign out: back to the sign-in form, and the session no longer works.
     b.click(&b.find("#sign-out").await).await;
     b.find("#login-form").await;
     let status = b
-        .exec("return fetch('/api/v1/devices', {credentials: 'same-origin'}).then(r => r.status);", vec![])
+        .exec(
+            "return fetch('/api/v1/devices', {credentials: 'same-origin'}).then(r => r.status);",
+            vec![],
+        )
         .await;
     assert_eq!(status, 401);
     b.quit().await;
@@ -312,33 +423,75 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
 
 #[tokio::test]
 async fn viewer_sees_no_prompt_text_and_no_admin_controls() {
-    let Some(b) = Browser::launch().await else { return };
+    let Some(b) = Browser::launch().await else {
+        return;
+    };
     let (srv, ids) = seeded().await;
     let (s, v) = srv
-        .admin(Method::POST, "/api/v1/tokens", Some(json!({"name": "dashboard", "role": "viewer"})))
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "dashboard", "role": "viewer"})),
+        )
         .await;
     assert_eq!(s, 201);
     sign_in(&b, &srv, v["token"].as_str().unwrap()).await;
     b.wait_text("#who", "viewer").await;
-    assert!(b.all("#nav-policy").await.is_empty(), "viewers have no policy page");
-    assert!(b.all("#nav-audit").await.is_empty(), "viewers have no audit page");
+    assert!(
+        b.all("#nav-policy").await.is_empty(),
+        "viewers have no policy page"
+    );
+    assert!(
+        b.all("#nav-audit").await.is_empty(),
+        "viewers have no audit page"
+    );
 
     b.goto(&srv.url("/#/events")).await;
     let table = b.wait_text("#events-table", "(hidden)").await;
-    assert!(!table.contains("revenue") && !table.contains("haiku"), "{table}");
-    b.click(&b.find(&format!("tr.event-row[data-id=\"{}\"]", ids[0])).await).await;
+    assert!(
+        !table.contains("revenue") && !table.contains("haiku"),
+        "{table}"
+    );
+    b.click(
+        &b.find(&format!("tr.event-row[data-id=\"{}\"]", ids[0]))
+            .await,
+    )
+    .await;
     b.wait_text("#event-prompt", "Hidden for your role.").await;
-    b.wait_text("#event-response", "Hidden for your role.").await;
+    b.wait_text("#event-response", "Hidden for your role.")
+        .await;
     let record = b.text(&b.find("#event-json").await).await;
-    assert!(!record.contains("revenue") && !record.contains("Revenue grew"), "{record}");
+    assert!(
+        !record.contains("revenue") && !record.contains("Revenue grew"),
+        "{record}"
+    );
     b.screenshot("13-viewer-event").await;
 
     b.goto(&srv.url("/#/approvals")).await;
     b.find("tr.approval-row").await;
-    assert!(b.all("button.approve").await.is_empty(), "no approve button for a viewer");
+    assert!(
+        b.all("button.approve").await.is_empty(),
+        "no approve button for a viewer"
+    );
+    // Typing the policy page's address shows the overview instead.
+    b.goto(&srv.url("/#/policy")).await;
+    b.find("#overview-cards").await;
+    assert!(b.all("#policy-text").await.is_empty());
     b.goto(&srv.url("/#/devices")).await;
     b.find("#devices-table").await;
-    assert!(b.all("#devices-table button.danger").await.is_empty(), "no revoke button for a viewer");
+    assert!(
+        b.all("#devices-table button.danger").await.is_empty(),
+        "no revoke button for a viewer"
+    );
+    let refused_reads: Vec<Value> = audit_log(&srv)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "read")
+        .collect();
+    assert!(
+        refused_reads.is_empty(),
+        "the console asked for what a viewer may not read: {refused_reads:?}"
+    );
     b.quit().await;
     srv.stop().await;
 }

@@ -170,6 +170,11 @@ async fn sessions_scenario(srv: TestServer) {
     );
     let csrf = who["csrf_token"].as_str().unwrap().to_string();
     assert_eq!(csrf.len(), 64);
+    let perms = who["permissions"].to_string();
+    assert!(
+        perms.contains("PUT /api/v1/policy") && perms.contains("GET /api/v1/admin-audit"),
+        "{perms}"
+    );
 
     // Reads need no CSRF token.
     let (s, _) = with_cookie(&srv, Method::GET, "/api/v1/devices", &sid, &[], None).await;
@@ -259,6 +264,11 @@ async fn sessions_scenario(srv: TestServer) {
     assert_eq!(s, 403);
     let (_, vwho) = with_cookie(&srv, Method::GET, "/console/session", &vsid, &[], None).await;
     let vcsrf = vwho["csrf_token"].as_str().unwrap().to_string();
+    let vperms = vwho["permissions"].to_string();
+    assert!(
+        vperms.contains("GET /api/v1/events") && !vperms.contains("/api/v1/policy"),
+        "{vperms}"
+    );
     let (s, _) = with_cookie(
         &srv,
         Method::PUT,
@@ -591,10 +601,18 @@ async fn overview_scenario(srv: TestServer) {
     assert_eq!(o["pending_approvals"], 1, "{o}");
     assert_eq!(o["requests_by_day"], json!([]), "{o}");
     // Interactions count per day and model, and per app.
-    let mut recs = vec![record(&d.id, "openai"), record(&d.id, "openai"), record(&d.id, "anthropic")];
+    let mut recs = vec![
+        record(&d.id, "openai"),
+        record(&d.id, "openai"),
+        record(&d.id, "anthropic"),
+    ];
     let mut other: palisade_core::AuditEvent = serde_json::from_slice(&recs[2].json).unwrap();
     other.interaction.as_mut().unwrap().model = Some("claude-sonnet-4".into());
-    other.app = Some(palisade_core::AppRef { id: Some("cursor".into()), name: Some("Cursor".into()), ..Default::default() });
+    other.app = Some(palisade_core::AppRef {
+        id: Some("cursor".into()),
+        name: Some("Cursor".into()),
+        ..Default::default()
+    });
     recs[2].json = serde_json::to_vec(&other).unwrap();
     upload(&mut c.audit, vec![batch(1, recs)]).await.unwrap();
     let (_, o) = srv.admin(Method::GET, "/api/v1/overview", None).await;
@@ -607,7 +625,11 @@ async fn overview_scenario(srv: TestServer) {
         ]),
         "{o}"
     );
-    assert_eq!(o["top_apps"], json!([{"app": "Cursor", "requests": 1}]), "{o}");
+    assert_eq!(
+        o["top_apps"],
+        json!([{"app": "Cursor", "requests": 1}]),
+        "{o}"
+    );
     srv.stop().await;
 }
 

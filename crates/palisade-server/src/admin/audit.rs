@@ -650,6 +650,11 @@ impl AuditLog {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// The signing key, for verification (never printed).
+    pub fn key(&self) -> &AuditKey {
+        &self.key
+    }
 }
 
 /// Read every entry of a store's log, page by page, and verify it.

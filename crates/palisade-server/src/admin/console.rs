@@ -43,6 +43,12 @@ pub(super) fn routes() -> Router<Arc<AdminState>> {
             "/console/icon.svg",
             get(|| async { asset(ICON, "image/svg+xml") }),
         )
+        // Browsers ask for it unprompted; without it each page load would be
+        // a refused (and audited) call to an unknown path.
+        .route(
+            "/favicon.ico",
+            get(|| async { asset(ICON, "image/svg+xml") }),
+        )
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

@@ -1,7 +1,8 @@
 //! Policy history for the console and API: `GET /api/v1/policy/versions`,
 //! `GET /api/v1/policy/versions/{v}`, `GET /api/v1/policy/diff?from=&to=`,
-//! `POST /api/v1/policy/validate` (the PUT checks, nothing stored), and the
-//! `GET /api/v1/overview` counts the console's first page shows.
+//! `POST /api/v1/policy/validate` (the PUT checks, nothing stored), the
+//! `GET /api/v1/overview` counts the console's first page shows, and
+//! `GET /api/v1/admin-audit/verify` for its audit viewer.
 //!
 //! The diff is computed on the stored JSON documents: a structured list of
 //! added / removed / changed paths, plus a unified text diff of the pretty
@@ -39,6 +40,7 @@ pub(super) fn routes() -> Router<Arc<AdminState>> {
         .route("/api/v1/policy/diff", get(diff_versions))
         .route("/api/v1/policy/validate", post(validate))
         .route("/api/v1/overview", get(overview))
+        .route("/api/v1/admin-audit/verify", get(verify_audit))
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +250,24 @@ async fn overview(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiEr
             "requests": n,
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// `GET /api/v1/admin-audit/verify`: the console's verify status, the same
+/// check as `palisade audit verify` on the server's own store and key.
+async fn verify_audit(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    use super::audit::{verify_store, VerifyStoreError};
+    match verify_store(s.audit.store(), s.audit.key()).await {
+        Ok(r) => Ok(Json(json!({
+            "ok": true,
+            "entries": r.entries,
+            "head_seq": r.head_seq,
+            "head_hash": r.head_hash,
+        }))),
+        Err(VerifyStoreError::Broken(e)) => {
+            Ok(Json(json!({ "ok": false, "error": e.to_string() })))
+        }
+        Err(VerifyStoreError::Store(e)) => Err(e.into()),
+    }
 }
 
 // === diff ===

@@ -120,6 +120,7 @@ pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "POST", path: "/api/v1/approvals/{kind}/{id}/approve", roles: APPROVERS, audit: Audit::Yes { action: Action::Approve, target: "{kind}" } },
     Rule { method: "POST", path: "/api/v1/approvals/{kind}/{id}/deny", roles: APPROVERS, audit: Audit::Yes { action: Action::Deny, target: "{kind}" } },
     Rule { method: "GET", path: "/api/v1/admin-audit", roles: AUDITORS, audit: Audit::No },
+    Rule { method: "GET", path: "/api/v1/admin-audit/verify", roles: AUDITORS, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/admin-audit/export", roles: AUDITORS, audit: Audit::Yes { action: Action::Export, target: "admin-audit" } },
     Rule { method: "GET", path: "/api/v1/export", roles: AUDITORS, audit: Audit::Yes { action: Action::Export, target: "events" } },
     Rule { method: "GET", path: "/api/v1/forwarders", roles: AUDITORS, audit: Audit::No },

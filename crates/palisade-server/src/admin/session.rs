@@ -106,7 +106,9 @@ pub fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
             }
         } else {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            let origin_host = origin.split_once("://").map(|(_, h)| h.trim_end_matches('/'));
+            let origin_host = origin
+                .split_once("://")
+                .map(|(_, h)| h.trim_end_matches('/'));
             if origin_host.is_none() || origin_host != host {
                 return Some("cross-origin request (Origin)");
             }
@@ -399,7 +401,8 @@ async fn logout(State(s): State<Arc<AdminState>>, req: Request) -> Response {
     resp
 }
 
-/// Who is signed in, their role and the CSRF token the page must send.
+/// Who is signed in, their role, what it may call, and the CSRF token the
+/// page must send.
 async fn session_info(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let Some(session_id) = session_cookie(&headers) else {
         return (
@@ -410,9 +413,22 @@ async fn session_info(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> R
     };
     match resolve(&s, &session_id).await {
         Ok(Some(sess)) => {
+            // What this role may call: the console hides what it cannot use.
+            let permissions: Vec<String> = sess
+                .role
+                .parse::<Role>()
+                .map(|role| {
+                    super::rbac::PERMISSIONS
+                        .iter()
+                        .filter(|r| r.roles.contains(&role))
+                        .map(|r| format!("{} {}", r.method, r.path))
+                        .collect()
+                })
+                .unwrap_or_default();
             let mut resp = Json(json!({
                 "name": sess.token_name,
                 "role": sess.role,
+                "permissions": permissions,
                 "csrf_token": csrf_token(&session_id),
                 "expires_at_unix_ms": sess.expires_at_ms,
                 "idle_timeout_secs": SESSION_IDLE_SECS,
@@ -496,7 +512,11 @@ mod tests {
             check_csrf(&Method::POST, &null, "sess-1"),
             Err(CsrfProblem::CrossSite(_))
         ));
-        let null_same = headers(&[("x-csrf-token", &t), ("origin", "null"), ("sec-fetch-site", "same-origin")]);
+        let null_same = headers(&[
+            ("x-csrf-token", &t),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
         assert!(check_csrf(&Method::POST, &null_same, "sess-1").is_ok());
         let fetch = headers(&[("x-csrf-token", &t), ("sec-fetch-site", "cross-site")]);
         assert!(matches!(

@@ -83,7 +83,10 @@ impl Browser {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -101,8 +104,12 @@ impl Browser {
             .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
             .to_string();
         b.base = format!("{root}/session/{id}");
-        b.cmd("POST", "/timeouts", json!({"implicit": 0, "pageLoad": 30000, "script": 15000}))
-            .await;
+        b.cmd(
+            "POST",
+            "/timeouts",
+            json!({"implicit": 0, "pageLoad": 30000, "script": 15000}),
+        )
+        .await;
         Some(b)
     }
 
@@ -118,8 +125,14 @@ impl Browser {
     }
 
     async fn try_cmd(&self, method: &str, path: &str, body: Value) -> Result<Value, Value> {
-        let body = if method == "GET" || method == "DELETE" { None } else { Some(body) };
-        let v = self.raw(method, &format!("{}{path}", self.base), body).await;
+        let body = if method == "GET" || method == "DELETE" {
+            None
+        } else {
+            Some(body)
+        };
+        let v = self
+            .raw(method, &format!("{}{path}", self.base), body)
+            .await;
         if v.get("error").is_some() {
             Err(v)
         } else {
@@ -139,13 +152,21 @@ impl Browser {
     }
 
     pub async fn url(&self) -> String {
-        self.cmd("GET", "/url", json!({})).await.as_str().unwrap().to_string()
+        self.cmd("GET", "/url", json!({}))
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Elements matching a CSS selector now.
     pub async fn all(&self, css: &str) -> Vec<Element> {
         let v = self
-            .cmd("POST", "/elements", json!({"using": "css selector", "value": css}))
+            .cmd(
+                "POST",
+                "/elements",
+                json!({"using": "css selector", "value": css}),
+            )
             .await;
         v.as_array()
             .unwrap()
@@ -165,7 +186,11 @@ impl Browser {
                 let shot = self.screenshot_bytes().await;
                 let p = screenshot_dir().join("failure.png");
                 std::fs::write(&p, shot).ok();
-                panic!("no element {css:?} at {} (screenshot {})", self.url().await, p.display());
+                panic!(
+                    "no element {css:?} at {} (screenshot {})",
+                    self.url().await,
+                    p.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -185,7 +210,11 @@ impl Browser {
                 }
             }
             if Instant::now() > deadline {
-                std::fs::write(screenshot_dir().join("failure.png"), self.screenshot_bytes().await).ok();
+                std::fs::write(
+                    screenshot_dir().join("failure.png"),
+                    self.screenshot_bytes().await,
+                )
+                .ok();
                 panic!("{css:?} never contained {needle:?}; last text: {last:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -202,13 +231,19 @@ impl Browser {
     }
 
     pub async fn click(&self, e: &Element) {
-        self.cmd("POST", &format!("/element/{}/click", e.0), json!({})).await;
+        self.cmd("POST", &format!("/element/{}/click", e.0), json!({}))
+            .await;
     }
 
     pub async fn type_into(&self, e: &Element, text: &str) {
-        self.cmd("POST", &format!("/element/{}/clear", e.0), json!({})).await;
-        self.cmd("POST", &format!("/element/{}/value", e.0), json!({ "text": text }))
+        self.cmd("POST", &format!("/element/{}/clear", e.0), json!({}))
             .await;
+        self.cmd(
+            "POST",
+            &format!("/element/{}/value", e.0),
+            json!({ "text": text }),
+        )
+        .await;
     }
 
     async fn try_text(&self, e: &Element) -> Result<String, Value> {
@@ -218,21 +253,31 @@ impl Browser {
     }
 
     pub async fn text(&self, e: &Element) -> String {
-        self.try_text(e).await.unwrap_or_else(|e| panic!("text: {e}"))
+        self.try_text(e)
+            .await
+            .unwrap_or_else(|e| panic!("text: {e}"))
     }
 
     pub async fn value(&self, e: &Element) -> String {
-        self.cmd("GET", &format!("/element/{}/property/value", e.0), json!({}))
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.cmd(
+            "GET",
+            &format!("/element/{}/property/value", e.0),
+            json!({}),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 
     /// Run a script (its `return` value comes back). Async work: return a promise.
     pub async fn exec(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd("POST", "/execute/sync", json!({ "script": script, "args": args }))
-            .await
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": args }),
+        )
+        .await
     }
 
     async fn screenshot_bytes(&self) -> Vec<u8> {
