@@ -210,6 +210,18 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.wait_gone("tr.approval-row[data-id=\"cursor\"]").await;
     b.find("tr.approval-row[data-id=\"fp-github\"]").await;
     b.screenshot("05-approved").await;
+    // And deny the MCP server, also with one click.
+    b.click(
+        &b.find("tr.approval-row[data-id=\"fp-github\"] button.deny")
+            .await,
+    )
+    .await;
+    b.wait_gone("tr.approval-row[data-id=\"fp-github\"]").await;
+    b.wait_text("#main", "Nothing waiting").await;
+    let (_, item) = srv
+        .admin(Method::GET, "/api/v1/approvals/mcp/fp-github", None)
+        .await;
+    assert_eq!(item["status"], "denied", "{item}");
     let (_, item) = srv
         .admin(Method::GET, "/api/v1/approvals/app/cursor", None)
         .await;
@@ -391,9 +403,25 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.screenshot("10-policy-saved").await;
 
     // Devices and the admin audit viewer.
+    b.click(&b.find("#policy-history button").await).await;
+    b.wait_text("#history-diff", "never_intercept").await;
+
     b.goto(&srv.url("/#/devices")).await;
     b.wait_text("#devices-table", "laptop-1").await;
     b.screenshot("11-devices").await;
+    // Revoke asks first; Cancel keeps the device, Revoke revokes it.
+    b.click(&b.find("#devices-table button.danger").await).await;
+    b.click(&b.find("#confirm-cancel").await).await;
+    b.wait_gone("#confirm").await;
+    let (_, d) = srv.admin(Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(d["devices"][0]["revoked"], false);
+    b.click(&b.find("#devices-table button.danger").await).await;
+    b.find("#confirm").await;
+    b.screenshot("11b-revoke-confirm").await;
+    b.click(&b.find("#confirm-ok").await).await;
+    b.wait_text("#devices-table", "revoked").await;
+    let (_, d) = srv.admin(Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(d["devices"][0]["revoked"], true);
     b.goto(&srv.url("/#/audit")).await;
     let log = b.wait_text("#audit-table", "approve").await;
     assert!(log.contains("console-session"), "sign-in is in the log");

@@ -282,6 +282,22 @@ async fn sessions_scenario(srv: TestServer) {
     let (s, _) = with_cookie(&srv, Method::GET, "/api/v1/overview", &vsid, &[], None).await;
     assert_eq!(s, 200);
 
+    // Revoking the token ends its sessions at once.
+    let vid = v["id"].as_str().unwrap().to_string();
+    let (s, r) = srv
+        .admin(Method::POST, &format!("/api/v1/tokens/{vid}/revoke"), None)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, _) = with_cookie(&srv, Method::GET, "/api/v1/overview", &vsid, &[], None).await;
+    assert_eq!(s, 401, "a revoked token's session is over");
+    let (s, _) = with_cookie(&srv, Method::GET, "/console/session", &vsid, &[], None).await;
+    assert_eq!(s, 401);
+    let (s, loc, cookie) = sign_in(&srv, v["token"].as_str().unwrap()).await;
+    assert_eq!(
+        (s, loc.as_str(), cookie),
+        (303, "/?error=invalid_token", None)
+    );
+
     // A bad cookie is a 401, audited like a bad token.
     let (s, v) = with_cookie(&srv, Method::GET, "/api/v1/devices", "nope", &[], None).await;
     assert_eq!(
