@@ -823,7 +823,7 @@ async function auditPage(main) {
       el("td", { class: "nowrap" }, shortTime(e.time)),
       el("td", {}, e.actor ? e.actor.id : "-"),
       el("td", {}, e.action),
-      el("td", { class: "clip" }, e.target ? `${e.target.type} ${e.target.id}` : "-"),
+      el("td", { class: "clip narrow", title: e.target ? e.target.id : "" }, e.target ? `${e.target.type} ${e.target.id}` : "-"),
       el("td", {}, badge(e.outcome)),
       el("td", { class: "muted" }, e.ip || "-"),
       el("td", { class: "mono clip narrow", title: JSON.stringify(e.details) }, JSON.stringify(e.details)))))));
