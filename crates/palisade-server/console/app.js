@@ -533,6 +533,11 @@ async function eventsPage(main, arg) {
     form.appendChild(el("label", {}, label, input));
   }
   form.appendChild(el("button", { class: "primary", type: "submit", id: "search" }, "Search"));
+  if (allowed("GET", "/api/v1/export")) {
+    // A plain download over the session cookie (a GET: no CSRF token needed); audited as an export.
+    const qs = new URLSearchParams({ ...eventState.filters, format: "jsonl" });
+    form.appendChild(el("a", { class: "btn", id: "export", href: `/api/v1/export?${qs}`, download: "palisade-events.jsonl" }, "Export JSONL"));
+  }
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const fd = new FormData(form);

@@ -244,6 +244,12 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.goto(&srv.url("/#/events")).await;
     b.find("#events-table").await;
     assert_eq!(b.all("tr.event-row").await.len(), 3);
+    // The export link downloads over the session (audited as an export).
+    let export = b
+        .exec("return fetch(document.getElementById('export').href).then(async r => [r.status, await r.text()]);", vec![])
+        .await;
+    assert_eq!(export[0], 200, "{export}");
+    assert!(export[1].as_str().unwrap().contains(&ids[0]), "{export}");
     b.type_into(&b.find("#f-q").await, "revenue").await;
     b.click(&b.find("#search").await).await;
     b.wait_text("#events-table", "Summarise the Q3").await;

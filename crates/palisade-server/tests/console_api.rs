@@ -37,8 +37,19 @@ fn no_redirects() -> reqwest::Client {
 
 /// POST the sign-in form; returns (status, Location, Set-Cookie).
 async fn sign_in(srv: &TestServer, token: &str) -> (u16, String, Option<String>) {
-    let r = no_redirects()
-        .post(srv.url("/console/login"))
+    sign_in_with(srv, token, &[]).await
+}
+
+async fn sign_in_with(
+    srv: &TestServer,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Option<String>) {
+    let mut req = no_redirects().post(srv.url("/console/login"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req
         .header("content-type", "application/x-www-form-urlencoded")
         .header("user-agent", "console-test/1")
         .body(format!("token={}", token.replace('+', "%2B")))
@@ -127,6 +138,9 @@ async fn sessions_scenario(srv: TestServer) {
         assert!(cookie.contains(flag), "{cookie}");
     }
     assert!(!cookie.contains("Secure"), "plain HTTP here: {cookie}");
+    // Behind a TLS-terminating proxy the cookie is Secure.
+    let (_, _, tls) = sign_in_with(&srv, &srv.admin_token, &[("x-forwarded-proto", "https")]).await;
+    assert!(tls.unwrap().contains("; Secure"));
     let sid = session_of(&cookie);
     assert_eq!(sid.len(), 43, "256 bits, base64url");
     // Stored hashed: the hash finds it, the raw id does not.
