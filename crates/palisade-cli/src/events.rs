@@ -304,6 +304,7 @@ mod tests {
             UserRef {
                 os_user: Some("alice".into()),
                 email: None,
+                team: None,
             },
         );
         a.interaction = Some(Interaction {

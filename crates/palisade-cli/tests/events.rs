@@ -28,6 +28,7 @@ fn interaction(
         UserRef {
             os_user: Some("alice".into()),
             email: None,
+            team: None,
         },
     );
     ev.app = Some(AppRef {

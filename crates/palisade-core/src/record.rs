@@ -71,6 +71,9 @@ pub struct UserRef {
     pub os_user: Option<String>,
     /// Owner named by MDM, when known.
     pub email: Option<String>,
+    /// The device's team as named by MDM (usage reports group by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 /// The process that opened the connection. All fields are `None` when the

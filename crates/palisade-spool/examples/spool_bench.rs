@@ -21,6 +21,7 @@ fn event(i: usize) -> AuditEvent {
         UserRef {
             os_user: Some("alice".into()),
             email: None,
+            team: None,
         },
     );
     ev.app = Some(AppRef {

@@ -23,6 +23,7 @@ fn user() -> UserRef {
     UserRef {
         os_user: Some("alice".into()),
         email: Some("alice@example.com".into()),
+        team: None,
     }
 }
 

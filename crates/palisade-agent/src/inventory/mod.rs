@@ -398,6 +398,7 @@ impl Live {
         UserRef {
             os_user: home_user(home),
             email: self.inputs.state.owner_email.clone(),
+            team: self.inputs.state.team.clone(),
         }
     }
 
@@ -614,6 +615,7 @@ impl Live {
             let user = UserRef {
                 os_user: ev.user.os_user.clone(),
                 email: self.inputs.state.owner_email.clone(),
+                team: self.inputs.state.team.clone(),
             };
             self.record(events::app_discovered(
                 self.inputs.state.device.clone(),

@@ -200,6 +200,7 @@ pub async fn record_block(
         palisade_core::UserRef {
             os_user: os_user.or_else(crate::attribution::current_os_user),
             email: state.owner_email.clone(),
+            team: state.team.clone(),
         },
     );
     ev.app = Some(app);

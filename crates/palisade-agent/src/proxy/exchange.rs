@@ -737,6 +737,7 @@ pub async fn build_event(ex: Exchange, resp: ResponseData) -> AuditEvent {
         UserRef {
             os_user: os_user.or_else(crate::attribution::current_os_user),
             email: state.owner_email.clone(),
+            team: state.team.clone(),
         },
     );
     ev.time = ex.time;

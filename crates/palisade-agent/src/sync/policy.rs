@@ -142,6 +142,7 @@ async fn apply(
             UserRef {
                 os_user: None,
                 email: ctx.owner_email.clone(),
+                team: None,
             },
         );
         ev.details = serde_json::json!({

@@ -119,7 +119,7 @@ fn template(device_id: &str, seed: usize) -> Template {
     let mut ev = AuditEvent::new(
         EventKind::Interaction,
         DeviceRef { id: device_id.into(), hostname: format!("laptop-{}", seed % 997), os: "macos 14.5".into() },
-        UserRef { os_user: Some("ann".into()), email: Some("ann@example.com".into()) },
+        UserRef { os_user: Some("ann".into()), email: Some("ann@example.com".into()), team: None },
     );
     ev.id = Uuid::nil();
     ev.app = Some(AppRef {
