@@ -149,20 +149,19 @@ impl ControlPlane {
     /// Every stored event of `kind` (paging through the admin API).
     async fn events(&self, kind: &str) -> Vec<Value> {
         let mut out = Vec::new();
-        let mut after = None::<i64>;
+        let mut cursor = None::<String>;
         loop {
             let mut q = format!("/api/v1/events?limit=1000&kind={kind}");
-            if let Some(a) = after {
-                q.push_str(&format!("&after={a}"));
+            if let Some(c) = &cursor {
+                q.push_str(&format!("&cursor={c}"));
             }
             let (s, v) = self.admin(reqwest::Method::GET, &q, None).await;
             assert_eq!(s, 200, "{v}");
-            let page = v["events"].as_array().unwrap().clone();
-            if page.is_empty() {
-                return out;
+            out.extend(v["events"].as_array().unwrap().clone());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
             }
-            after = v["next_after"].as_i64();
-            out.extend(page);
         }
     }
 

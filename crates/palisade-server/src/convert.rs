@@ -6,7 +6,7 @@
 //! message. This module must never take a device id from a payload: callers
 //! pass the certificate's id in.
 
-use crate::store::{InventoryRecord, NewEvent};
+use crate::store::{EventUsage, InventoryRecord, NewEvent};
 use palisade_core::AuditEvent;
 use palisade_proto as proto;
 use uuid::Uuid;
@@ -139,25 +139,41 @@ impl IncomingEvent {
         } else {
             rebind_device(&raw, device_id)
         };
-        let (provider, model, decision) = match &event.interaction {
-            Some(i) => (
-                Some(i.provider.clone()),
-                i.model.clone(),
-                Some(i.policy.decision.as_str().to_string()),
-            ),
-            None => (None, None, None),
-        };
-        let app = event.app.as_ref().and_then(|a| a.name.clone());
-        let row = NewEvent {
+        let mut row = NewEvent {
             id,
             time: event.time,
             kind: event.kind.as_str().to_string(),
-            provider,
-            model,
-            app,
-            decision,
+            app: event.app.as_ref().and_then(|a| a.name.clone()),
             json,
+            os_user: event.user.os_user.clone(),
+            user_email: event.user.email.clone(),
+            team: event.user.team.clone(),
+            ..NewEvent::default()
         };
+        if let Some(i) = &event.interaction {
+            row.provider = Some(i.provider.clone());
+            row.model = i.model.clone();
+            row.decision = Some(i.policy.decision.as_str().to_string());
+            let tokens = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+            row.usage = EventUsage {
+                input_tokens: tokens(i.usage.input_tokens),
+                output_tokens: tokens(i.usage.output_tokens),
+                cached_input_tokens: tokens(i.usage.cached_input_tokens),
+                reasoning_tokens: tokens(i.usage.reasoning_tokens),
+                cost_usd: i.cost_usd.filter(|c| c.is_finite()),
+            };
+            let mut detectors: Vec<String> =
+                i.findings.iter().map(|f| f.detector.clone()).collect();
+            detectors.sort_unstable();
+            detectors.dedup();
+            row.detectors = detectors;
+            row.search_text = match (&i.request.prompt, &i.response.text) {
+                (None, None) => None,
+                (Some(p), None) => Some(p.clone()),
+                (None, Some(t)) => Some(t.clone()),
+                (Some(p), Some(t)) => Some(format!("{p}\n{t}")),
+            };
+        }
         (row, spoofed)
     }
 }

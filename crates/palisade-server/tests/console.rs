@@ -46,6 +46,7 @@ fn interaction(
         UserRef {
             os_user: Some(user.split('@').next().unwrap().into()),
             email: Some(user.into()),
+            team: None,
         },
     );
     ev.app = Some(AppRef {

@@ -129,8 +129,8 @@ async fn every_format_round_trips_with_filters_on_both_backends() {
         let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq order: {seqs:?}");
         assert_eq!(all[0]["request"]["prompt"], "prompt 0\nwith \"quotes\" ] and \\ backslash");
-        // The export holds the same records as the events API.
-        let listed = srv.events("limit=100").await;
+        // The export holds the same records as the events API (oldest first with `after`).
+        let listed = srv.events("limit=100&after=0").await;
         assert_eq!(listed, all);
 
         let openai = export_all_formats(&srv, &token, "provider=openai").await;

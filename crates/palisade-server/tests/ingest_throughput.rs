@@ -151,6 +151,7 @@ async fn measure_store(store: &palisade_server::Store, label: &str) {
                     app: Some("cursor".into()),
                     decision: Some("allow".into()),
                     json: json.clone(),
+                    ..NewEvent::default()
                 })
                 .collect()
         })

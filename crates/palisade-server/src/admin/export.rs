@@ -2,13 +2,14 @@
 //! a page at a time) and `GET /api/v1/forwarders` (live forwarding status).
 //!
 //! The export takes the same filters as `GET /api/v1/events` through the one
-//! shared [`super::event_filter`], plus `format`. It must never collect the
+//! shared [`EventQuery::into_filter`], plus `format`, oldest first. It must never collect the
 //! whole result: memory stays at one page ([`EXPORT_PAGE_ROWS`]) whatever
 //! the export's size, and a failure mid-stream ends the body with an error
 //! record (see [`crate::export`]).
 
 use super::rbac::{AuditNote, Principal};
-use super::{event_filter, AdminState, ApiError, EventsQuery};
+use super::events::EventQuery;
+use super::{AdminState, ApiError};
 use crate::export::{event_pages, Encoder, ExportFormat, EXPORT_PAGE_ROWS};
 use axum::body::Body;
 use axum::extract::{Query, RawQuery, State};
@@ -47,16 +48,25 @@ pub(super) async fn export_events(
     let uri: Uri = format!("/?{rest}")
         .parse()
         .map_err(|_| ApiError::bad_request("query string is not valid"))?;
-    let Query(q): Query<EventsQuery> =
+    let Query(q): Query<EventQuery> =
         Query::try_from_uri(&uri).map_err(|e| ApiError::bad_request(e.body_text()))?;
     if q.limit.is_some() {
         return Err(ApiError::bad_request(
             "limit: not supported by export (it streams every match; narrow it with since, until or after)",
         ));
     }
-    let mut filter = event_filter(q, EXPORT_PAGE_ROWS)?;
+    if q.cursor.is_some() {
+        return Err(ApiError::bad_request(
+            "cursor: not supported by export (it streams oldest first; use after)",
+        ));
+    }
+    let mut filter = q
+        .into_filter(EXPORT_PAGE_ROWS)
+        .map_err(|p| ApiError::bad_request(p.join("; ")))?;
     filter.limit = EXPORT_PAGE_ROWS;
     let after = filter.after_seq.unwrap_or(0);
+    // Oldest first from `after` (a set after_seq is what orders the pages).
+    filter.after_seq = Some(after);
     let encoder = Encoder::new(format, who.role.hides_content(), after);
     let head = encoder.begin();
     let pages = Box::pin(event_pages(s.store.clone(), filter, None));

@@ -12,6 +12,7 @@ mod approvals;
 mod export;
 pub mod audit;
 pub mod console;
+pub mod events;
 pub mod integrity;
 pub mod policy;
 pub mod rbac;
@@ -20,16 +21,16 @@ mod tokens;
 
 use crate::config::Limits;
 use crate::policy_bus::PolicyBus;
-use crate::store::{DeviceRecord, EventFilter, Store, StoreError};
+use crate::store::{DeviceRecord, Store, StoreError};
 use crate::tokens::{create_admin_token_with_role, create_enrollment_token};
 use rbac::{AuditNote, Principal, Role};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, Utc};
 use palisade_core::Policy;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -56,7 +57,9 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/enrollment-tokens", post(new_enrollment_token))
-        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events", get(events::list))
+        .route("/api/v1/events/{id}", get(events::detail))
+        .route("/api/v1/usage", get(events::usage))
         .route("/api/v1/tokens", post(new_admin_token))
         .route("/api/v1/admin-audit", get(audit::http::list))
         .route("/api/v1/admin-audit/export", get(audit::http::export))
@@ -315,81 +318,3 @@ async fn new_admin_token(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    provider: Option<String>,
-    model: Option<String>,
-    device: Option<String>,
-    kind: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<u32>,
-    after: Option<i64>,
-}
-
-fn parse_time(
-    field: &str,
-    v: &Option<String>,
-    problems: &mut Vec<String>,
-) -> Option<DateTime<Utc>> {
-    let v = v.as_ref()?;
-    match DateTime::parse_from_rfc3339(v) {
-        Ok(t) => Some(t.with_timezone(&Utc)),
-        Err(e) => {
-            problems.push(format!("{field}: {v:?} is not an RFC 3339 time ({e})"));
-            None
-        }
-    }
-}
-
-/// The event filter of a query, shared by `GET /api/v1/events` and
-/// `GET /api/v1/export` (so every filter applies to both), with every
-/// problem reported at once. `limit` is checked against `max`.
-fn event_filter(q: EventsQuery, max: u32) -> Result<EventFilter, ApiError> {
-    let mut problems = Vec::new();
-    let since = parse_time("since", &q.since, &mut problems);
-    let until = parse_time("until", &q.until, &mut problems);
-    let limit = q.limit.unwrap_or(max);
-    if limit == 0 || limit > max {
-        problems.push(format!("limit: must be 1..={max}"));
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::bad_request(problems.join("; ")));
-    }
-    Ok(EventFilter {
-        device_id: q.device,
-        kind: q.kind,
-        provider: q.provider,
-        model: q.model,
-        since,
-        until,
-        after_seq: q.after,
-        limit,
-    })
-}
-
-async fn list_events(
-    State(s): State<Arc<AdminState>>,
-    Extension(who): Extension<Principal>,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let filter = event_filter(q, s.limits.events_page_limit)?;
-    let rows = s.store.query_events(&filter).await?;
-    let next_after = rows.last().map(|r| r.seq);
-    let events: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            let mut v: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("seq".into(), json!(r.seq));
-            }
-            if who.role.hides_content() {
-                crate::export::strip_content(&mut v);
-            }
-            v
-        })
-        .collect();
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
-}

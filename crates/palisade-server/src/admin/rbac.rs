@@ -114,6 +114,7 @@ pub const PERMISSIONS: &[Rule] = &[
     Rule { method: "GET", path: "/api/v1/tokens", roles: ADMIN, audit: Audit::No },
     Rule { method: "POST", path: "/api/v1/tokens/{id}/revoke", roles: ADMIN, audit: Audit::Yes { action: Action::Revoke, target: "admin-token" } },
     Rule { method: "GET", path: "/api/v1/events", roles: ALL, audit: Audit::No },
+    Rule { method: "GET", path: "/api/v1/events/{id}", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/usage", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/approvals", roles: ALL, audit: Audit::No },
     Rule { method: "GET", path: "/api/v1/approvals/{kind}/{id}", roles: ALL, audit: Audit::No },

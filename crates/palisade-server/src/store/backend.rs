@@ -5,8 +5,8 @@
 
 use super::{
     from_ms, migrate, now_ms, DeviceAuth, DeviceRecord, Enrolled, EventFilter, InventoryRecord,
-    NewEvent, StoreError, StoredEvent, StoredPolicy, TokenProblem, INSERT_CHUNK_ROWS,
-    POLICY_CHANNEL, SQLITE_BUSY_TIMEOUT,
+    NewEvent, StoreError, StoredEvent, StoredPolicy, TextQuery, TokenProblem, UsageGroup,
+    UsageQuery, UsageRow, INSERT_CHUNK_ROWS, POLICY_CHANNEL, SQLITE_BUSY_TIMEOUT,
 };
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -14,6 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use tracing::info;
@@ -107,6 +108,61 @@ impl SqliteBackend {
         // One process per SQLite file; other watchers poll.
         Ok(())
     }
+
+    /// SQLite keeps search text in the `events_fts` table, not in the row.
+    const TEXT_IN_ROW: bool = false;
+
+    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, t: &TextQuery) {
+        qb.push(" AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ")
+            .push_bind(t.fts5())
+            .push(")");
+    }
+
+    /// Index the text of freshly inserted events (`(seq, text)`).
+    async fn index_text(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rows: &[(i64, &str)],
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
+            let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO events_fts (rowid, body) ");
+            qb.push_values(chunk, |mut b, (seq, text)| {
+                b.push_bind(*seq).push_bind(*text);
+            });
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Forget the search text of these events (content retention).
+    pub(super) async fn forget_text_of(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        seqs: &[i64],
+    ) -> Result<(), StoreError> {
+        for chunk in seqs.chunks(INSERT_CHUNK_ROWS) {
+            let mut qb = QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM events_fts WHERE rowid IN (");
+            let mut list = qb.separated(", ");
+            for seq in chunk {
+                list.push_bind(*seq);
+            }
+            qb.push(")");
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Forget the search text of events older than `cutoff_ms`.
+    pub(super) async fn forget_event_text_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        cutoff_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM events_fts WHERE rowid IN (SELECT seq FROM events WHERE time < $1)",
+        )
+        .bind(cutoff_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(r.rows_affected())
+    }
 }
 
 // === impl PgBackend ===
@@ -150,6 +206,49 @@ impl PgBackend {
     /// PostgreSQL handles concurrent writers itself.
     pub(super) async fn write_guard(&self) {}
 
+    /// PostgreSQL keeps search text as the row's `search_tsv`.
+    const TEXT_IN_ROW: bool = true;
+
+    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, t: &TextQuery) {
+        qb.push(" AND search_tsv @@ plainto_tsquery('simple', ")
+            .push_bind(t.plain().to_string())
+            .push(")");
+    }
+
+    async fn index_text(
+        _tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        _rows: &[(i64, &str)],
+    ) -> Result<(), StoreError> {
+        // Written with the row (`search_tsv`).
+        Ok(())
+    }
+
+    /// Forget the search text of these events (content retention).
+    pub(super) async fn forget_text_of(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        seqs: &[i64],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE events SET search_tsv = NULL WHERE seq = ANY($1)")
+            .bind(seqs)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Forget the search text of events older than `cutoff_ms`.
+    pub(super) async fn forget_event_text_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        cutoff_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE events SET search_tsv = NULL WHERE time < $1 AND search_tsv IS NOT NULL",
+        )
+        .bind(cutoff_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     pub(super) async fn notify_policy(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         version: u64,
@@ -179,6 +278,16 @@ fn opt_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
 
 fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {v}")))
+}
+
+/// `YYYY-MM-DD` of a day number since the Unix epoch (as text).
+fn day_label(days: &str) -> Result<String, StoreError> {
+    let n: i64 = days
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("day number {days:?}")))?;
+    Ok(from_ms(n.saturating_mul(86_400_000))?
+        .format("%Y-%m-%d")
+        .to_string())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -483,13 +592,18 @@ macro_rules! backend_impl {
                 let digests = super::chain::digest_groups(groups, received);
                 let mut tx = self.pool.begin().await?;
                 let mut chain = Self::event_chain_begin(&mut tx, groups).await?;
+                let mut texts: Vec<(i64, &str)> = Vec::new();
+                let mut detectors: Vec<(&str, i64)> = Vec::new();
                 for ((count, (device_id, events)), digests) in counts.iter_mut().zip(groups).zip(&digests) {
                     let fresh = chain.fresh(events, digests);
                     for chunk in fresh.chunks(INSERT_CHUNK_ROWS) {
                         let mut qb = QueryBuilder::<$db>::new(
                             "INSERT INTO events (id, device_id, time, kind, provider, model, app, decision, json, received_at, \
-                             chain_pos, chain_prev, chain_hash, content_digest) ",
+                             chain_pos, chain_prev, chain_hash, content_digest, \
+                             os_user, user_email, team, input_tokens, output_tokens, \
+                             cached_input_tokens, reasoning_tokens, cost_usd",
                         );
+                        qb.push(if Self::TEXT_IN_ROW { ", search_tsv) " } else { ") " });
                         qb.push_values(chunk, |mut b, (e, d)| {
                             let link = chain.link(d);
                             b.push_bind(e.id)
@@ -505,10 +619,49 @@ macro_rules! backend_impl {
                                 .push_bind(link.pos)
                                 .push_bind(link.prev)
                                 .push_bind(link.hash)
-                                .push_bind(link.content_digest);
+                                .push_bind(link.content_digest)
+                                .push_bind(&e.os_user)
+                                .push_bind(&e.user_email)
+                                .push_bind(&e.team)
+                                .push_bind(e.usage.input_tokens)
+                                .push_bind(e.usage.output_tokens)
+                                .push_bind(e.usage.cached_input_tokens)
+                                .push_bind(e.usage.reasoning_tokens)
+                                .push_bind(e.usage.cost_usd);
+                            if Self::TEXT_IN_ROW {
+                                b.push("to_tsvector('simple', ")
+                                    .push_bind_unseparated(&e.search_text)
+                                    .push_unseparated(")");
+                            }
                         });
-                        qb.push(" ON CONFLICT (id) DO NOTHING");
-                        let stored = qb.build().execute(&mut *tx).await?.rows_affected();
+                        // The seqs of new rows key their search text and
+                        // detector rows; only ask for them when needed.
+                        let need_seqs = chunk.iter().any(|(e, _)| {
+                            (!Self::TEXT_IN_ROW && e.search_text.is_some()) || !e.detectors.is_empty()
+                        });
+                        let stored = if need_seqs {
+                            qb.push(" ON CONFLICT (id) DO NOTHING RETURNING seq, id");
+                            let rows = qb.build().fetch_all(&mut *tx).await?;
+                            let mut seqs = HashMap::with_capacity(rows.len());
+                            for r in &rows {
+                                seqs.insert(r.try_get::<Uuid, _>("id")?, r.try_get::<i64, _>("seq")?);
+                            }
+                            for (e, _) in &chunk[..] {
+                                let Some(&seq) = seqs.get(&e.id) else { continue };
+                                if !Self::TEXT_IN_ROW {
+                                    if let Some(t) = &e.search_text {
+                                        texts.push((seq, t.as_str()));
+                                    }
+                                }
+                                for d in &e.detectors {
+                                    detectors.push((d.as_str(), seq));
+                                }
+                            }
+                            rows.len() as u64
+                        } else {
+                            qb.push(" ON CONFLICT (id) DO NOTHING");
+                            qb.build().execute(&mut *tx).await?.rows_affected()
+                        };
                         if stored != chunk.len() as u64 {
                             // Cannot happen under the chain lock; never commit a chain with holes.
                             return Err(StoreError::Corrupt("event chain: a linked row was not stored".into()));
@@ -517,6 +670,15 @@ macro_rules! backend_impl {
                     }
                 }
                 Self::event_chain_commit(&mut tx, &chain).await?;
+                Self::index_text(&mut tx, &texts).await?;
+                for chunk in detectors.chunks(INSERT_CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO event_detectors (detector, seq) ");
+                    qb.push_values(chunk, |mut b, (d, seq)| {
+                        b.push_bind(*d).push_bind(*seq);
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 Ok(counts)
             }
@@ -525,17 +687,28 @@ macro_rules! backend_impl {
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT seq, id, device_id, time, kind, json FROM events WHERE 1 = 1",
                 );
-                if let Some(v) = &f.device_id {
-                    qb.push(" AND device_id = ").push_bind(v.clone());
+                for (column, value) in [
+                    ("device_id", &f.device_id),
+                    ("kind", &f.kind),
+                    ("provider", &f.provider),
+                    ("model", &f.model),
+                    ("app", &f.app),
+                    ("decision", &f.decision),
+                    ("os_user", &f.os_user),
+                    ("user_email", &f.user_email),
+                ] {
+                    if let Some(v) = value {
+                        // `column` is one of the literals above, never input.
+                        qb.push(format_args!(" AND {column} = ")).push_bind(v.clone());
+                    }
                 }
-                if let Some(v) = &f.kind {
-                    qb.push(" AND kind = ").push_bind(v.clone());
+                if let Some(v) = &f.detector {
+                    qb.push(" AND seq IN (SELECT seq FROM event_detectors WHERE detector = ")
+                        .push_bind(v.clone())
+                        .push(")");
                 }
-                if let Some(v) = &f.provider {
-                    qb.push(" AND provider = ").push_bind(v.clone());
-                }
-                if let Some(v) = &f.model {
-                    qb.push(" AND model = ").push_bind(v.clone());
+                if let Some(t) = &f.text {
+                    Self::push_text_filter(&mut qb, t);
                 }
                 if let Some(v) = f.since {
                     qb.push(" AND time >= ").push_bind(v.timestamp_millis());
@@ -543,23 +716,93 @@ macro_rules! backend_impl {
                 if let Some(v) = f.until {
                     qb.push(" AND time < ").push_bind(v.timestamp_millis());
                 }
-                if let Some(v) = f.after_seq {
-                    qb.push(" AND seq > ").push_bind(v);
+                if let Some(v) = f.before_seq {
+                    qb.push(" AND seq < ").push_bind(v);
                 }
-                qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(f.limit));
+                if let Some(v) = f.after_seq {
+                    qb.push(" AND seq > ").push_bind(v).push(" ORDER BY seq LIMIT ");
+                } else {
+                    qb.push(" ORDER BY seq DESC LIMIT ");
+                }
+                qb.push_bind(i64::from(f.limit));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(Self::event_from_row).collect()
+            }
+
+            fn event_from_row(r: &<$db as sqlx::Database>::Row) -> Result<StoredEvent, StoreError> {
+                Ok(StoredEvent {
+                    seq: r.try_get("seq")?,
+                    id: r.try_get("id")?,
+                    device_id: r.try_get("device_id")?,
+                    time: from_ms(r.try_get("time")?)?,
+                    kind: r.try_get("kind")?,
+                    json: r.try_get("json")?,
+                })
+            }
+
+            pub(super) async fn get_event(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+                let row = sqlx::query("SELECT seq, id, device_id, time, kind, json FROM events WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::event_from_row).transpose()
+            }
+
+            pub(super) async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+                let key = match q.group_by {
+                    UsageGroup::User => "COALESCE(user_email, os_user)",
+                    UsageGroup::Team => "team",
+                    UsageGroup::App => "app",
+                    UsageGroup::Model => "model",
+                    UsageGroup::Day => "CAST(time / 86400000 AS TEXT)",
+                };
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "SELECT {key} AS k, COUNT(*) AS requests, \
+                     CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+                     CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+                     CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens, \
+                     CAST(SUM(reasoning_tokens) AS BIGINT) AS reasoning_tokens, \
+                     SUM(cost_usd) AS cost_usd, COUNT(cost_usd) AS priced \
+                     FROM events WHERE kind = 'interaction'"
+                ));
+                if let Some(v) = q.since {
+                    qb.push(" AND time >= ").push_bind(v.timestamp_millis());
+                }
+                if let Some(v) = q.until {
+                    qb.push(" AND time < ").push_bind(v.timestamp_millis());
+                }
+                qb.push(format_args!(" GROUP BY {key} ORDER BY {key}"));
                 let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()
                     .map(|r| {
-                        Ok(StoredEvent {
-                            seq: r.try_get("seq")?,
-                            id: r.try_get("id")?,
-                            device_id: r.try_get("device_id")?,
-                            time: from_ms(r.try_get("time")?)?,
-                            kind: r.try_get("kind")?,
-                            json: r.try_get("json")?,
+                        let requests: i64 = r.try_get("requests")?;
+                        let priced: i64 = r.try_get("priced")?;
+                        let mut k: Option<String> = r.try_get("k")?;
+                        if q.group_by == UsageGroup::Day {
+                            k = k.map(|d| day_label(&d)).transpose()?;
+                        }
+                        Ok(UsageRow {
+                            key: k,
+                            requests,
+                            input_tokens: r.try_get("input_tokens")?,
+                            output_tokens: r.try_get("output_tokens")?,
+                            cached_input_tokens: r.try_get("cached_input_tokens")?,
+                            reasoning_tokens: r.try_get("reasoning_tokens")?,
+                            cost_usd: r.try_get("cost_usd")?,
+                            priced_requests: priced,
+                            unpriced_requests: requests - priced,
                         })
                     })
                     .collect()
+            }
+
+            pub(super) async fn forget_event_text_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+                #[allow(clippy::let_unit_value)]
+                let _write = self.write_guard().await;
+                let mut tx = self.pool.begin().await?;
+                let n = Self::forget_event_text_in(&mut tx, cutoff.timestamp_millis()).await?;
+                tx.commit().await?;
+                Ok(n)
             }
 
             pub(super) async fn count_events(&self) -> Result<u64, StoreError> {

@@ -786,8 +786,10 @@ macro_rules! chain_impl {
                     }
                     let now = super::now_ms();
                     let mut tx = self.pool.begin().await?;
+                    let mut seqs = Vec::with_capacity(rows.len());
                     for r in &rows {
                         let seq: i64 = r.try_get("seq")?;
+                        seqs.push(seq);
                         let json: String = r.try_get("json")?;
                         match purge_content(&json) {
                             Some(purged) => {
@@ -808,6 +810,8 @@ macro_rules! chain_impl {
                             }
                         }
                     }
+                    // Purged words must stop matching free-text search.
+                    Self::forget_text_of(&mut tx, &seqs).await?;
                     tx.commit().await?;
                 }
                 Ok(total)

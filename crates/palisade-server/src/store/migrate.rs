@@ -29,6 +29,11 @@ pub(super) const SQLITE: Embedded = &[
         include_str!("../../migrations/sqlite/0003_admin_audit.sql"),
     ),
     (
+        4,
+        "search",
+        include_str!("../../migrations/sqlite/0004_search.sql"),
+    ),
+    (
         5,
         "chain_retention",
         include_str!("../../migrations/sqlite/0005_chain_retention.sql"),
@@ -59,6 +64,11 @@ pub(super) const POSTGRES: Embedded = &[
         3,
         "admin_audit",
         include_str!("../../migrations/postgres/0003_admin_audit.sql"),
+    ),
+    (
+        4,
+        "search",
+        include_str!("../../migrations/postgres/0004_search.sql"),
     ),
     (
         5,

@@ -130,7 +130,7 @@ pub struct StoredPolicy {
 }
 
 /// One event to ingest: the indexed columns plus the full JSON.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewEvent {
     pub id: Uuid,
     pub time: DateTime<Utc>,
@@ -140,6 +140,25 @@ pub struct NewEvent {
     pub app: Option<String>,
     pub decision: Option<String>,
     pub json: String,
+    pub os_user: Option<String>,
+    pub user_email: Option<String>,
+    pub team: Option<String>,
+    pub usage: EventUsage,
+    /// Detector names with findings in this event, each once.
+    pub detectors: Vec<String>,
+    /// Prompt and response text for free-text search; `None` when there is none.
+    pub search_text: Option<String>,
+}
+
+/// Token counts and cost of one interaction, as the record reported them
+/// (`None` = unknown, never 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EventUsage {
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cached_input_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    pub cost_usd: Option<f64>,
 }
 
 /// A stored event.
@@ -153,18 +172,117 @@ pub struct StoredEvent {
     pub json: String,
 }
 
-/// Filter for listing events; `None` means any. Ordered by ingest seq.
+/// Filter for listing events; `None` means any. Newest first (by ingest
+/// `seq`), so a page never shifts when new events arrive: they all sort
+/// before the first page. With `after_seq`, oldest first instead (tailing:
+/// exports and forwarders).
+///
+/// Build it from HTTP parameters with `admin::events::EventQuery::into_filter`
+/// (the one place that validates them); values here are always bound, never
+/// spliced into SQL.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventFilter {
     pub device_id: Option<String>,
     pub kind: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
+    pub app: Option<String>,
+    pub decision: Option<String>,
+    /// Matches `user.os_user`.
+    pub os_user: Option<String>,
+    /// Matches `user.email`.
+    pub user_email: Option<String>,
+    pub detector: Option<String>,
+    /// Every word must occur in the prompt or response text.
+    pub text: Option<TextQuery>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
-    /// Only events with `seq > after_seq` (paging).
+    /// Only events with `seq < before_seq` (the cursor of the previous page).
+    pub before_seq: Option<i64>,
+    /// Only events with `seq > after_seq`, and the page is OLDEST first.
     pub after_seq: Option<i64>,
     pub limit: u32,
+}
+
+/// A free-text query, kept as words; each backend turns it into its own
+/// full-text syntax with the words quoted or bound, so no user input is ever
+/// read as query syntax.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextQuery {
+    raw: String,
+    words: Vec<String>,
+}
+
+impl TextQuery {
+    /// `None` when `raw` has no searchable word (letters or digits).
+    pub fn new(raw: &str) -> Option<Self> {
+        let words: Vec<String> = raw
+            .split_whitespace()
+            .filter(|w| w.chars().any(char::is_alphanumeric))
+            .map(str::to_string)
+            .collect();
+        (!words.is_empty()).then(|| Self {
+            raw: words.join(" "),
+            words,
+        })
+    }
+
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    /// SQLite FTS5: each word a quoted phrase (FTS5's own tokenizer splits
+    /// `alice@example.com` into a phrase of three tokens), ANDed.
+    pub(crate) fn fts5(&self) -> String {
+        self.words
+            .iter()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// PostgreSQL: the words for `plainto_tsquery` (which never reads syntax).
+    pub(crate) fn plain(&self) -> &str {
+        &self.raw
+    }
+}
+
+/// What a usage report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    /// `user.email`, else `user.os_user`.
+    User,
+    Team,
+    App,
+    Model,
+    /// UTC day of the event's time.
+    Day,
+}
+
+/// Usage over interactions in `[since, until)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageQuery {
+    pub group_by: UsageGroup,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One group of a usage report. Token sums are `None` when no request in
+/// the group reported them; `cost_usd` sums only priced requests, and
+/// `unpriced_requests` counts the rest (never folded in as 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    /// The group's key; `None` when the records did not say (unknown user, ...).
+    /// For [`UsageGroup::Day`], the day as `YYYY-MM-DD`.
+    pub key: Option<String>,
+    pub requests: i64,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cached_input_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub priced_requests: i64,
+    pub unpriced_requests: i64,
 }
 
 /// One inventory item as stored.
@@ -345,6 +463,26 @@ impl Store {
 
     pub async fn count_events(&self) -> Result<u64, StoreError> {
         dispatch!(self.count_events())
+    }
+
+    /// One event by id.
+    pub async fn get_event(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        dispatch!(self.get_event(id))
+    }
+
+    /// Token and cost sums over interactions, one row per group.
+    pub async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        dispatch!(self.usage(q))
+    }
+
+    /// Drop the free-text index entries of events older than `cutoff`
+    /// (SQLite: their `events_fts` rows; PostgreSQL: `search_tsv` set to
+    /// NULL). Content retention must call this (or
+    /// `forget_event_text_in` inside its own transaction) whenever it purges
+    /// prompt/response text, or the words stay searchable. Returns how many
+    /// events were affected.
+    pub async fn forget_event_text_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self.forget_event_text_before(cutoff))
     }
 
     // --- inventory ---

@@ -55,6 +55,7 @@ fn event(kind: &str, provider: Option<&str>) -> NewEvent {
         app: None,
         decision: Some("allow".into()),
         json: "{}".into(),
+        ..NewEvent::default()
     }
 }
 
@@ -216,7 +217,7 @@ async fn events_are_idempotent_and_filterable() {
         let got = s.query_events(&f).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].kind, "app.discovered");
-        // Paging by seq.
+        // Paging by seq, newest first.
         let page1 = s
             .query_events(&EventFilter {
                 limit: 5,
@@ -227,13 +228,13 @@ async fn events_are_idempotent_and_filterable() {
         let page2 = s
             .query_events(&EventFilter {
                 limit: 5,
-                after_seq: Some(page1[4].seq),
+                before_seq: Some(page1[4].seq),
                 ..Default::default()
             })
             .await
             .unwrap();
-        assert!(page2[0].seq > page1[4].seq);
-        assert_eq!(page1[0].id, batch[0].id);
+        assert!(page2[0].seq < page1[4].seq);
+        assert_eq!(page1[0].id, mixed[10].id, "the newest event comes first");
         let future = EventFilter {
             since: Some(Utc::now() + ChronoDuration::hours(1)),
             limit: 10,
@@ -495,4 +496,56 @@ async fn the_watermark_waits_for_an_open_insert_on_postgres() {
     let (w, seen) = tailer.await.unwrap();
     assert!(w >= fast_seq);
     assert!(seen.contains(&slow_seq), "the watermark ran past the open insert: w={w} seen={seen:?}");
+}
+
+/// Retention must take words out of the free-text index: purging content
+/// (and deleting events) leaves nothing to match, on both backends.
+#[tokio::test]
+async fn retention_forgets_search_text_and_detectors() {
+    for (s, _g) in stores().await {
+        let b = s.backend_name();
+        let mk = |word: &str, detector: Option<&str>| NewEvent {
+            search_text: Some(format!("prompt about {word}")),
+            detectors: detector.into_iter().map(str::to_string).collect(),
+            json: format!(
+                r#"{{"kind":"interaction","request":{{"prompt":"prompt about {word}"}},"response":{{"text":null}}}}"#
+            ),
+            ..event("interaction", Some("openai"))
+        };
+        s.insert_events("d1", &[mk("walrus", Some("email")), mk("walrus", None)])
+            .await
+            .unwrap();
+        let text = |w: &str| EventFilter {
+            text: TextQuery::new(w),
+            limit: 10,
+            ..Default::default()
+        };
+        let by_detector = EventFilter {
+            detector: Some("email".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.query_events(&text("walrus")).await.unwrap().len(), 2, "{b}");
+        assert_eq!(s.query_events(&by_detector).await.unwrap().len(), 1, "{b}");
+
+        // Content purge (as retention runs it): the words stop matching.
+        let purged = s.purge_event_content(now_ms() + 1).await.unwrap();
+        assert!(purged <= 2, "{b}");
+        assert!(s.query_events(&text("walrus")).await.unwrap().is_empty(), "{b}");
+
+        // And the explicit helper, for events stored later.
+        s.insert_events("d1", &[mk("narwhal", None)]).await.unwrap();
+        assert_eq!(s.query_events(&text("narwhal")).await.unwrap().len(), 1, "{b}");
+        let n = s
+            .forget_event_text_before(Utc::now() + ChronoDuration::hours(1))
+            .await
+            .unwrap();
+        assert!(n >= 1, "{b}: {n}");
+        assert!(s.query_events(&text("narwhal")).await.unwrap().is_empty(), "{b}");
+
+        // Deleting events deletes their detector rows.
+        let deleted = s.delete_events_upto(i64::MAX, now_ms() + 1).await.unwrap();
+        assert_eq!(deleted, 3, "{b}");
+        assert!(s.query_events(&by_detector).await.unwrap().is_empty(), "{b}");
+    }
 }

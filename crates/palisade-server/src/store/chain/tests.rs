@@ -77,6 +77,9 @@ fn interaction(n: usize) -> NewEvent {
         app: Some("curl".into()),
         decision: Some("allow".into()),
         json: json.to_string(),
+        detectors: if n % 2 == 0 { vec!["email".into()] } else { vec![] },
+        search_text: Some(format!("secret prompt {n}\nanswer {n}")),
+        ..NewEvent::default()
     }
 }
 
