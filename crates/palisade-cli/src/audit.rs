@@ -305,6 +305,7 @@ mod tests {
             app: None,
             decision: Some("allow".into()),
             json: json.into(),
+            ..Default::default()
         }
     }
 
