@@ -253,9 +253,9 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     assert!(export[1].as_str().unwrap().contains(&ids[0]), "{export}");
     b.type_into(&b.find("#f-q").await, "revenue").await;
     b.click(&b.find("#search").await).await;
-    b.wait_text("#events-table", "Summarise the Q3").await;
-    let rows = b.all("tr.event-row").await;
-    assert_eq!(rows.len(), 1, "only the matching event");
+    // Only the matching event (waiting for the new page replaces the old one).
+    let rows = b.wait_count("tr.event-row", 1).await;
+    assert!(b.text(&rows[0]).await.contains("Summarise the Q3"));
     b.screenshot("06-events-search").await;
     b.click(&rows[0]).await;
     b.wait_text("#event-json", &ids[0]).await;
@@ -269,8 +269,9 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.goto(&srv.url("/#/events")).await;
     b.type_into(&b.find("#f-q").await, "onerror").await;
     b.click(&b.find("#search").await).await;
-    b.wait_text("#events-table", "<script>").await;
-    b.click(&b.all("tr.event-row").await[0]).await;
+    let rows = b.wait_count("tr.event-row", 1).await;
+    assert!(b.text(&rows[0]).await.contains("<script>"));
+    b.click(&rows[0]).await;
     let shown = b.wait_text("#event-prompt", "window.__xss").await;
     assert_eq!(shown, XSS, "the prompt is shown verbatim, as text");
     b.wait_text("#event-response", "<b>not bold</b>").await;
@@ -396,7 +397,7 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.screenshot("09-policy-diff").await;
     let (_, before) = srv.admin(Method::GET, "/api/v1/policy", None).await;
     b.click(&b.find("#policy-save").await).await;
-    b.wait_text("#toasts", "published").await;
+    b.wait_text("#toasts", "Policy version").await;
     let (_, after) = srv.admin(Method::GET, "/api/v1/policy", None).await;
     assert_eq!(
         after["version"].as_u64(),
@@ -527,6 +528,65 @@ async fn viewer_sees_no_prompt_text_and_no_admin_controls() {
         refused_reads.is_empty(),
         "the console asked for what a viewer may not read: {refused_reads:?}"
     );
+    b.quit().await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn events_page_through_with_next_and_previous() {
+    let Some(b) = Browser::launch().await else {
+        return;
+    };
+    let srv = TestServer::start().await;
+    let d = srv.enroll_new("hw-paging").await;
+    let mut c = srv.clients(&d).await;
+    let records: Vec<_> = (0..60)
+        .map(|i| {
+            interaction(
+                &d,
+                "ann@example.com",
+                "cursor",
+                "gpt-4o",
+                &format!("question number {i}"),
+                "ok",
+                vec![],
+            )
+        })
+        .collect();
+    upload(&mut c.audit, vec![batch(1, records)]).await.unwrap();
+    sign_in(&b, &srv, &srv.admin_token).await;
+    b.find("#overview-cards").await;
+    b.goto(&srv.url("/#/events")).await;
+    b.find("#events-table").await;
+    assert_eq!(b.all("tr.event-row").await.len(), 50, "a page is 50 rows");
+    let prompts = "return [...document.querySelectorAll('tr.event-row td:nth-child(6)')].map(td => td.textContent);";
+    let first_page = b.exec(prompts, vec![]).await;
+    b.click(&b.find("#older").await).await;
+    b.wait_gone("tr.event-row:nth-child(11)").await;
+    b.find("tr.event-row:nth-child(10)").await;
+    assert_eq!(b.all("tr.event-row").await.len(), 10, "the rest");
+    let second_page = b.exec(prompts, vec![]).await;
+    // Every event on exactly one page.
+    let mut seen: Vec<String> = first_page
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second_page.as_array().unwrap())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..60).map(|i| format!("question number {i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    assert_eq!(
+        b.exec("return document.getElementById('older').disabled;", vec![])
+            .await,
+        json!(true)
+    );
+    b.click(&b.find("#newer").await).await;
+    b.find("tr.event-row:nth-child(50)").await;
+    assert_eq!(b.exec(prompts, vec![]).await, first_page);
+    b.screenshot("14-events-paging").await;
     b.quit().await;
     srv.stop().await;
 }

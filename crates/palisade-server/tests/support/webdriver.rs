@@ -221,6 +221,26 @@ impl Browser {
         }
     }
 
+    /// Wait until exactly `n` elements match `css`; returns them.
+    pub async fn wait_count(&self, css: &str, n: usize) -> Vec<Element> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self.all(css).await;
+            if found.len() == n {
+                return found;
+            }
+            if Instant::now() > deadline {
+                std::fs::write(
+                    screenshot_dir().join("failure.png"),
+                    self.screenshot_bytes().await,
+                )
+                .ok();
+                panic!("{css:?} matched {} elements, never {n}", found.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wait until no element matches `css`.
     pub async fn wait_gone(&self, css: &str) {
         let deadline = Instant::now() + WAIT;
