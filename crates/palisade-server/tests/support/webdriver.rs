@@ -14,6 +14,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,10 @@ impl Browser {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
+        // Its own process group, so that dropping the Browser (also when a
+        // test panics) ends chromedriver AND the Chromium it started.
         let child = Command::new(&driver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -314,15 +318,19 @@ impl Browser {
         p
     }
 
-    pub async fn quit(mut self) {
+    pub async fn quit(self) {
         let _ = self.try_cmd("DELETE", "", json!({})).await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // Drop ends the process group.
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The group this Browser started (chromedriver's pid is its id).
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.driver.id()))
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
