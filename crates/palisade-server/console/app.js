@@ -267,69 +267,62 @@ window.addEventListener("hashchange", render);
 
 // === charts (SVG built node by node) ===
 
-function lineChart(points, opts) {
-  // points: [{x: label, y: number}]
-  const W = 620, H = 220, L = 48, R = 12, T = 12, B = 28;
-  const max = Math.max(1, ...points.map((p) => p.y));
-  const n = points.length;
-  const xs = (i) => L + (n <= 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (n - 1));
+/** A round axis top above `peak` (1, 2 or 5 times a power of ten, times 4 ticks). */
+function niceMax(peak, integer) {
+  if (!(peak > 0)) return integer ? 4 : 1;
+  const raw = peak / 4;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+  return (integer ? Math.max(1, Math.ceil(step)) : step) * 4;
+}
+
+/** Colour per series key, by rank, shared by a chart and its breakdown bars. */
+function colourMap(ranked) {
+  const shown = ranked.slice(0, 6);
+  return { shown, colour: (k) => PALETTE[shown.includes(k) ? shown.indexOf(k) : 6] };
+}
+
+/**
+ * Stacked bars: one column per UTC day of the last `days` days, one colour
+ * per series key. `series`: [{day: "YYYY-MM-DD", key, value}].
+ */
+function stackedDays(series, days, opts) {
+  const fmt = opts.fmt || ((v) => String(v));
+  const totals = new Map();
+  for (const r of series) totals.set(r.key, (totals.get(r.key) || 0) + r.value);
+  const ranked = [...totals].sort((a, b) => b[1] - a[1]).map(([k]) => k);
+  const { shown, colour } = opts.colours || colourMap(ranked);
+  const keys = [];
+  for (let i = days - 1; i >= 0; i--) keys.push(new Date(Date.now() - i * 86400e3).toISOString().slice(0, 10));
+  const perDay = new Map(keys.map((k) => [k, new Map()]));
+  for (const r of series) {
+    const k = shown.includes(r.key) ? r.key : "other";
+    const day = perDay.get(String(r.day).slice(0, 10));
+    if (day) day.set(k, (day.get(k) || 0) + r.value);
+  }
+  const W = 620, H = 220, L = 52, R = 8, T = 10, B = 26;
+  const peak = Math.max(0, ...[...perDay.values()].map((d) => [...d.values()].reduce((s, v) => s + v, 0)));
+  const max = niceMax(peak, opts.integer);
+  const bw = (W - L - R) / keys.length;
   const ys = (v) => T + (H - T - B) * (1 - v / max);
   const node = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": opts.label });
   for (let g = 0; g <= 4; g++) {
     const v = (max * g) / 4;
     node.appendChild(svg("line", { class: "grid", x1: L, x2: W - R, y1: ys(v), y2: ys(v) }));
-    node.appendChild(svg("text", { x: L - 6, y: ys(v) + 4, "text-anchor": "end" }, opts.fmt ? opts.fmt(v) : Math.round(v)));
-  }
-  const step = Math.max(1, Math.ceil(n / 7));
-  points.forEach((p, i) => {
-    if (i % step === 0 || i === n - 1) node.appendChild(svg("text", { x: xs(i), y: H - 8, "text-anchor": "middle" }, p.x));
-  });
-  if (n > 0) {
-    const d = points.map((p, i) => `${i ? "L" : "M"}${xs(i).toFixed(1)},${ys(p.y).toFixed(1)}`).join(" ");
-    const area = `${d} L${xs(n - 1).toFixed(1)},${ys(0)} L${xs(0).toFixed(1)},${ys(0)} Z`;
-    node.appendChild(svg("path", { d: area, fill: opts.color, "fill-opacity": 0.12, stroke: "none" }));
-    node.appendChild(svg("path", { d, fill: "none", stroke: opts.color, "stroke-width": 2.2 }));
-    points.forEach((p, i) => node.appendChild(svg("circle", { cx: xs(i), cy: ys(p.y), r: 3, fill: opts.color }, svg("title", {}, `${p.x}: ${opts.fmt ? opts.fmt(p.y) : p.y}`))));
-  }
-  return node;
-}
-
-/** Stacked bars: one column per UTC day of the window, one colour per model. */
-function stackedDays(series, days) {
-  const totals = new Map();
-  for (const r of series) totals.set(r.model || "(unknown)", (totals.get(r.model || "(unknown)") || 0) + r.requests);
-  const ranked = [...totals].sort((a, b) => b[1] - a[1]).map(([m]) => m);
-  const shown = ranked.slice(0, 6);
-  const colour = (m) => PALETTE[shown.includes(m) ? shown.indexOf(m) : 6];
-  const keys = [];
-  for (let i = days - 1; i >= 0; i--) keys.push(new Date(Date.now() - i * 86400e3).toISOString().slice(0, 10));
-  const perDay = new Map(keys.map((k) => [k, new Map()]));
-  for (const r of series) {
-    const m = shown.includes(r.model || "(unknown)") ? r.model || "(unknown)" : "other";
-    const day = perDay.get(r.day);
-    if (day) day.set(m, (day.get(m) || 0) + r.requests);
-  }
-  const W = 620, H = 220, L = 40, R = 8, T = 10, B = 26;
-  const peak = Math.max(1, ...[...perDay.values()].map((d) => [...d.values()].reduce((s, v) => s + v, 0)));
-  const max = Math.ceil(peak / 4) * 4; // whole-number ticks
-  const bw = (W - L - R) / keys.length;
-  const ys = (v) => T + (H - T - B) * (1 - v / max);
-  const node = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "requests per day by model" });
-  for (let g = 0; g <= 4; g++) {
-    const v = (max * g) / 4;
-    node.appendChild(svg("line", { class: "grid", x1: L, x2: W - R, y1: ys(v), y2: ys(v) }));
-    node.appendChild(svg("text", { x: L - 6, y: ys(v) + 4, "text-anchor": "end" }, v));
+    node.appendChild(svg("text", { x: L - 6, y: ys(v) + 4, "text-anchor": "end" }, fmt(v)));
   }
   keys.forEach((k, i) => {
     let base = 0;
     const x = L + i * bw + bw * 0.15;
     for (const [m, n] of perDay.get(k)) {
-      node.appendChild(svg("rect", { x, width: bw * 0.7, y: ys(base + n), height: ys(base) - ys(base + n), fill: m === "other" ? PALETTE[6] : colour(m), rx: 2 },
-        svg("title", {}, `${k} · ${m}: ${n}`)));
+      if (!(n > 0)) continue;
+      node.appendChild(svg("rect", { x, width: bw * 0.7, y: ys(base + n), height: Math.max(1, ys(base) - ys(base + n)), fill: m === "other" ? PALETTE[6] : colour(m), rx: 2 },
+        svg("title", {}, `${k} · ${m}: ${fmt(n)}`)));
       base += n;
     }
-    if (i % 2 === 0 || i === keys.length - 1) node.appendChild(svg("text", { x: L + i * bw + bw / 2, y: H - 8, "text-anchor": "middle" }, k.slice(5)));
+    if ((keys.length - 1 - i) % 2 === 0) node.appendChild(svg("text", { x: L + i * bw + bw / 2, y: H - 8, "text-anchor": "middle" }, k.slice(5)));
   });
+  if (opts.noLegend) return [node];
   const legend = el("div", { class: "legend" }, [...shown, ...(ranked.length > shown.length ? ["other"] : [])].map((m) => {
     const sw = el("i", {});
     sw.style.background = m === "other" ? PALETTE[6] : colour(m);
@@ -358,7 +351,7 @@ function sizeBars(container, rows) {
   const max = Math.max(...rows.map((r) => r.value), 1);
   container.querySelectorAll(".fill").forEach((f, i) => {
     f.style.width = `${Math.max(2, (100 * rows[i].value) / max)}%`;
-    f.style.background = PALETTE[i % PALETTE.length];
+    f.style.background = rows[i].colour || PALETTE[i % PALETTE.length];
   });
 }
 
@@ -399,16 +392,23 @@ async function overviewPage(main) {
   const series = o.requests_by_day || [];
   const total = series.reduce((s, r) => s + r.requests, 0);
   const reqPanel = el("div", { class: "panel", id: "requests-chart" }, el("h2", {}, `Requests per day by model · ${total} in ${Math.round(o.top_apps_window_secs / 86400)} days`));
+  const windowDays = Math.round(o.top_apps_window_secs / 86400);
+  const modelTotals = new Map();
+  for (const r of series) modelTotals.set(r.model || "(unknown)", (modelTotals.get(r.model || "(unknown)") || 0) + r.requests);
+  const modelColours = colourMap([...modelTotals].sort((a, b) => b[1] - a[1]).map(([m]) => m));
   if (!total) reqPanel.appendChild(empty("No requests yet", "Traffic appears once agents upload records."));
-  else reqPanel.append(...stackedDays(series, Math.round(o.top_apps_window_secs / 86400)));
+  else reqPanel.append(...stackedDays(series.map((r) => ({ day: r.day, key: r.model || "(unknown)", value: r.requests })), windowDays,
+    { label: "requests per day by model", integer: true, colours: modelColours }));
 
   const costPanel = el("div", { class: "panel", id: "cost-chart" });
   if (byDay) {
     const days = byDay.slice().sort((a, b) => (a.key < b.key ? -1 : 1));
     const costKnown = days.some((d) => d.cost !== null);
     const costTotal = days.reduce((s, d) => s + (Number(d.cost) || 0), 0);
-    costPanel.append(el("h2", {}, `Cost per day · ${costKnown ? money(costTotal) : "no priced usage"}`),
-      days.length ? lineChart(days.map((d) => ({ x: d.key.slice(5, 10), y: Number(d.cost || 0) })), { color: PALETTE[1], label: "cost per day", fmt: (v) => `$${v.toFixed(v < 10 ? 2 : 0)}` }) : empty("No cost yet", ""));
+    costPanel.append(el("h2", {}, `Cost per day · ${costKnown ? `${money(costTotal)} in ${windowDays} days` : "no priced usage"}`),
+      ...(costKnown ? stackedDays(days.map((d) => ({ day: d.key, key: "cost", value: Number(d.cost || 0) })), windowDays,
+        { label: "cost per day", noLegend: true, colours: { shown: ["cost"], colour: () => PALETTE[1] }, fmt: (v) => `$${v < 1 ? v.toFixed(v === 0 ? 0 : 3) : v.toFixed(v < 10 ? 2 : 0)}` })
+        : [empty("No priced usage yet", "Costs appear for models the price table knows.")]));
   } else {
     costPanel.append(el("h2", {}, "Cost per day"), na("Cost over time"));
   }
@@ -429,6 +429,7 @@ async function overviewPage(main) {
     else {
       const top = use.slice().sort((a, b) => b.requests - a.requests).slice(0, 8).map((r) => ({ name: r.key, value: r.requests, cost: r.cost }));
       const b = bars(top, (v) => v);
+      if (title === "By model") top.forEach((r) => (r.colour = modelColours.colour(r.name)));
       top.forEach((r, i) => {
         const num = b.querySelectorAll(".num")[i];
         if (num && r.cost !== null && r.cost !== undefined) num.textContent = `${r.value} (${money(r.cost)})`;

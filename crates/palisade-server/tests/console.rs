@@ -196,6 +196,10 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.wait_text("#card-pending", "2").await;
     b.wait_text("#card-online", "1 / 1").await;
     b.wait_text("#top-apps", "cursor").await;
+    // Charts are SVG drawn from the overview and usage APIs: 3 requests, $0.0369.
+    b.find("#requests-chart svg rect").await;
+    b.find("#cost-chart svg rect").await;
+    b.wait_text("#cost-chart", "$0.0369").await;
     assert_eq!(b.text(&b.find("#who b").await).await, "test-admin");
     b.screenshot("03-overview").await;
 

@@ -13,8 +13,8 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
