@@ -669,3 +669,75 @@ async fn overview_counts_devices_and_pending() {
         overview_scenario(srv).await;
     }
 }
+
+/// Overview and usage latency over a store holding many interactions
+/// (uploaded through the real gRPC path), on SQLite and, when set,
+/// PostgreSQL. Prints figures; asserts nothing about time.
+///   PALISADE_OVERVIEW_EVENTS=100000 cargo test -p palisade-server --test console_api -- --ignored --nocapture
+#[tokio::test]
+#[ignore = "measurement; run explicitly"]
+async fn overview_latency_with_many_events() {
+    let n: usize = std::env::var("PALISADE_OVERVIEW_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    for srv in servers().await {
+        let backend = if srv.cfg.store.postgres_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let d = srv.enroll_new("hw-measure").await;
+        let mut c = srv.clients(&d).await;
+        let models = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-pro"];
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        let mut batch_id = 0;
+        while sent < n {
+            let recs: Vec<_> = (0..1000.min(n - sent))
+                .map(|i| {
+                    let mut r = record(&d.id, "openai");
+                    let mut ev: palisade_core::AuditEvent =
+                        serde_json::from_slice(&r.json).unwrap();
+                    ev.interaction.as_mut().unwrap().model = Some(models[(sent + i) % 4].into());
+                    ev.app = Some(palisade_core::AppRef {
+                        name: Some(format!("app-{}", (sent + i) % 17)),
+                        ..Default::default()
+                    });
+                    r.json = serde_json::to_vec(&ev).unwrap();
+                    r
+                })
+                .collect();
+            sent += recs.len();
+            batch_id += 1;
+            upload(&mut c.audit, vec![batch(batch_id, recs)])
+                .await
+                .unwrap();
+        }
+        let ingest = started.elapsed();
+        let mut time = |path: &'static str| {
+            let srv = &srv;
+            async move {
+                let mut runs = Vec::new();
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    let (s, _) = srv.admin(Method::GET, path, None).await;
+                    runs.push(t.elapsed());
+                    assert_eq!(s, 200, "{path}");
+                }
+                runs.sort();
+                runs[2]
+            }
+        };
+        let overview = time("/api/v1/overview").await;
+        let usage = time("/api/v1/usage?group_by=day").await;
+        println!(
+            "{backend}: {n} interactions uploaded in {:.1} s; GET /api/v1/overview median {:.1} ms; \
+             GET /api/v1/usage?group_by=day median {:.1} ms",
+            ingest.as_secs_f64(),
+            overview.as_secs_f64() * 1e3,
+            usage.as_secs_f64() * 1e3
+        );
+        srv.stop().await;
+    }
+}
