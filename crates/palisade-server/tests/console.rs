@@ -151,7 +151,11 @@ async fn seeded() -> (TestServer, Vec<String>) {
         .report(proto::InventoryReport {
             items: vec![
                 inventory_item(proto::INVENTORY_KIND_APP, "cursor", "Cursor"),
-                inventory_item("mcp_server", "fp-github", "github"),
+                inventory_item(
+                    "mcp_server",
+                    "fp-github",
+                    "github<img src=x onerror=window.__xss=3>",
+                ),
             ],
             full_snapshot: true,
             observed_at_unix_ms: 0,
@@ -207,6 +211,18 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     b.goto(&srv.url("/#/approvals")).await;
     b.find("tr.approval-row[data-id=\"cursor\"]").await;
     b.screenshot("04-approvals").await;
+    // A device-reported name with markup is text here too.
+    let name = b
+        .wait_text("tr.approval-row[data-id=\"fp-github\"]", "<img")
+        .await;
+    assert!(
+        name.contains("github<img src=x onerror=window.__xss=3>"),
+        "{name}"
+    );
+    assert_eq!(
+        b.exec("return typeof window.__xss;", vec![]).await,
+        "undefined"
+    );
     b.click(
         &b.find("tr.approval-row[data-id=\"cursor\"] button.approve")
             .await,
