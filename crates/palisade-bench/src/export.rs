@@ -31,7 +31,7 @@ pub async fn main(mut argv: impl Iterator<Item = String>) -> Result<()> {
             _ => bail!("{USAGE}"),
         }
     }
-    if events == 0 || events % 1000 != 0 {
+    if events == 0 || !events.is_multiple_of(1000) {
         bail!("--events: a positive multiple of 1000");
     }
     if stores.is_empty() {
@@ -56,12 +56,17 @@ pub async fn main(mut argv: impl Iterator<Item = String>) -> Result<()> {
     Ok(())
 }
 
+/// Built field by field so new optional fields in core do not break the bench.
+#[allow(clippy::field_reassign_with_default)]
 fn record(i: usize) -> Result<palisade_server::store::NewEvent> {
-    let mut ev = AuditEvent::new(
-        EventKind::Interaction,
-        DeviceRef { id: "bench-device".into(), hostname: "bench-laptop".into(), os: "linux".into() },
-        UserRef { os_user: Some("ann".into()), email: Some("ann@example.com".into()), ..Default::default() },
-    );
+    let mut device = DeviceRef::default();
+    device.id = "bench-device".into();
+    device.hostname = "bench-laptop".into();
+    device.os = "linux".into();
+    let mut user = UserRef::default();
+    user.os_user = Some("ann".into());
+    user.email = Some("ann@example.com".into());
+    let mut ev = AuditEvent::new(EventKind::Interaction, device, user);
     let mut it = Interaction {
         provider: "openai".into(),
         host: "api.openai.com".into(),
