@@ -377,3 +377,49 @@ async fn concurrent_ingest_while_forwarding_delivers_each_record_once() {
         std::sync::Arc::into_inner(srv).unwrap().stop().await;
     }
 }
+
+/// When the forwarding server stops, the standby takes the lease and goes on
+/// from the saved cursor: nothing lost, nothing twice.
+#[tokio::test]
+async fn the_standby_server_takes_over_from_the_saved_cursor() {
+    let Some(url) = postgres_url() else { return };
+    let collector = SyslogCollector::tcp("127.0.0.1:0").await;
+    let schema = fresh_schema();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let (url, schema) = (url.clone(), schema.clone());
+        let t = tcp_target("siem", &collector);
+        servers.push(
+            TestServer::start_with(move |cfg| {
+                cfg.store.postgres_url = Some(url);
+                cfg.store.postgres_schema = Some(schema);
+                cfg.forward = vec![t];
+            })
+            .await,
+        );
+    }
+    let dev = servers[0].enroll_new("hw-takeover").await;
+    let mut want = send(&servers[0], &dev, 300, 1).await;
+    collector.wait_for(300, WAIT).await;
+    wait_caught_up(&servers[0], "siem").await;
+    let mut active = None;
+    for (i, srv) in servers.iter().enumerate() {
+        if target(&forwarders(srv).await, "siem")["state"] == "forwarding" {
+            active = Some(i);
+        }
+    }
+    let active = active.expect("one server forwards");
+    let standby = servers.remove(1 - active);
+    servers.pop().unwrap().stop().await;
+
+    // Each test server has its own PKI: enroll with the survivor.
+    let dev2 = standby.enroll_new("hw-takeover-2").await;
+    want.extend(send(&standby, &dev2, 300, 1).await);
+    let got = ids(&collector.wait_for(600, WAIT).await);
+    let t = wait_caught_up(&standby, "siem").await;
+    assert_eq!(got, want, "once each, in order, across the takeover");
+    assert_eq!(t["state"], "forwarding");
+    assert_eq!(t["sent"], 300);
+    assert_eq!(collector.connections(), 2);
+    standby.stop().await;
+}
