@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 mod export;
 mod fleet;
+mod load;
 
 const LAT_REQUESTS: usize = 2000;
 const RPS_SECONDS: u64 = 5;
@@ -45,7 +46,7 @@ fn free_port() -> u16 {
 }
 
 async fn wait_port(addr: SocketAddr) -> Result<()> {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
@@ -55,6 +56,12 @@ async fn wait_port(addr: SocketAddr) -> Result<()> {
 }
 
 async fn start_agent(dir: &Path, test_ca_file: &Path) -> Result<Proc> {
+    start_agent_with(dir, test_ca_file, &[]).await
+}
+
+/// Start the release agent, optionally under a wrapper command (`wrap[0]`
+/// with `wrap[1..]` as its first arguments, e.g. valgrind).
+async fn start_agent_with(dir: &Path, test_ca_file: &Path, wrap: &[String]) -> Result<Proc> {
     let exe = std::env::current_exe()?
         .parent()
         .context("exe dir")?
@@ -82,7 +89,15 @@ async fn start_agent(dir: &Path, test_ca_file: &Path) -> Result<Proc> {
             test_ca_file.display()
         ),
     )?;
-    let child = Command::new(&exe)
+    let mut cmd = match wrap.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    let child = cmd
         .arg("--config")
         .arg(&cfg)
         .env("RUST_LOG", "warn")
@@ -90,7 +105,16 @@ async fn start_agent(dir: &Path, test_ca_file: &Path) -> Result<Proc> {
         .stderr(Stdio::inherit())
         .spawn()?;
     wait_port(addr).await?;
-    let ca_pem = std::fs::read_to_string(dir.join("agent").join("palisade-ca.pem"))?;
+    // A slow (wrapped) agent may listen before its CA file is written.
+    let ca_path = dir.join("agent").join("palisade-ca.pem");
+    for _ in 0..600 {
+        if ca_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading {}", ca_path.display()))?;
     Ok(Proc {
         child,
         addr,
@@ -298,8 +322,11 @@ async fn main() -> Result<()> {
     if what == "export" {
         return export::main(std::env::args().skip(2)).await;
     }
+    if what == "load" {
+        return load::main(std::env::args().skip(2)).await;
+    }
     if what != "proxy" {
-        bail!("usage: palisade-bench proxy | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL] | palisade-bench export [--events N] [--store sqlite|postgres] [--pg-url URL]");
+        bail!("usage: palisade-bench proxy | palisade-bench load [--requests N] [--clients C] [--wrap CMD] [--before CMD] [--after CMD] | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL] | palisade-bench export [--events N] [--store sqlite|postgres] [--pg-url URL]");
     }
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new();
