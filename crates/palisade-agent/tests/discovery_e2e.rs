@@ -66,7 +66,7 @@ async fn wait_for(h: &mut Harness, what: &str, pred: impl Fn(&AuditEvent) -> boo
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, h.events.recv()).await {
             Err(_) => panic!("timed out waiting for {what}"),
-            Ok(Ok(ev)) if pred(&ev) => return ev,
+            Ok(Ok(ev)) if pred(&ev) => return std::sync::Arc::unwrap_or_clone(ev),
             Ok(Ok(_)) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(e)) => panic!("recorder gone: {e}"),

@@ -28,8 +28,9 @@ struct Args {
     /// Concurrent keep-alive clients.
     #[arg(long, default_value_t = 50)]
     clients: usize,
-    /// Warm-up requests per client before the measured window.
-    #[arg(long, default_value_t = 4)]
+    /// Warm-up requests per client before the measured window (enough
+    /// that the spool has prepared its batch statements).
+    #[arg(long, default_value_t = 20)]
     warmup: usize,
     /// Command the agent runs under (split on whitespace).
     #[arg(long)]

@@ -241,7 +241,7 @@ impl Discovery {
                     debug!("Policy changed; re-applying MCP decisions");
                     live.enforce_now().await;
                 }
-                ev = recv_traffic(&mut traffic) => live.on_record(ev),
+                ev = recv_traffic(&mut traffic) => live.on_record(&ev),
                 _ = sleep_until(live.recheck_at), if live.recheck_at.is_some() => live.recheck().await,
                 _ = app_tick.tick() => live.detect_apps().await,
             }
@@ -262,7 +262,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// The next record from the recorder; pending forever once it is closed.
-async fn recv_traffic(rx: &mut Option<broadcast::Receiver<AuditEvent>>) -> AuditEvent {
+async fn recv_traffic(rx: &mut Option<broadcast::Receiver<Arc<AuditEvent>>>) -> Arc<AuditEvent> {
     loop {
         let Some(r) = rx else {
             return std::future::pending().await;
@@ -591,7 +591,7 @@ impl Live {
     }
 
     /// Learn unknown apps from interaction records.
-    fn on_record(&mut self, ev: AuditEvent) {
+    fn on_record(&mut self, ev: &AuditEvent) {
         if ev.kind != EventKind::Interaction {
             return;
         }

@@ -317,7 +317,7 @@ async fn send_batch(
 }
 
 /// Wait until a record is spooled (or the poll interval passes). `true`: stop.
-async fn wait_for_work(ctx: &Ctx, wake: &mut broadcast::Receiver<AuditEvent>, stop: &mut watch::Receiver<bool>) -> bool {
+async fn wait_for_work(ctx: &Ctx, wake: &mut broadcast::Receiver<std::sync::Arc<AuditEvent>>, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = super::stopped(stop) => return true,
         r = wake.recv() => {

@@ -26,7 +26,7 @@ pub struct Harness {
     pub agent_ca_pem: String,
     pub state: Arc<palisade_agent::proxy::ProxyState>,
     pub spool: palisade_spool::Spool,
-    pub events: broadcast::Receiver<AuditEvent>,
+    pub events: broadcast::Receiver<std::sync::Arc<AuditEvent>>,
     pub fake: FakeProvider,
     pub test_ca: TestCa,
     pub dir: tempfile::TempDir,
@@ -176,6 +176,7 @@ impl Harness {
         tokio::time::timeout(Duration::from_secs(20), self.events.recv())
             .await
             .expect("a record within 20s")
+            .map(std::sync::Arc::unwrap_or_clone)
             .expect("recorder alive")
     }
 
