@@ -724,29 +724,35 @@ fn header_str(h: &HeaderMap, name: HeaderName) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) as parsed names: removing by `&str`
+/// parsed each name again on every request and response.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including any the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .collect();
-    for n in named {
-        h.remove(n.as_str());
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<String> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .collect();
+        for n in named {
+            h.remove(n.as_str());
+        }
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for n in HOP_BY_HOP.iter() {
         h.remove(n);
     }
 }
@@ -778,4 +784,43 @@ fn record_failure(state: &Arc<ProxyState>, conn: &Arc<ClientConn>, host: &str, p
     let mut ex = Exchange::new(state, conn, host, classify(provider, "CONNECT", "/"), "", "");
     ex.error = Some(msg);
     ex.finish_without_body(None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_hop_by_hop_removes_listed_and_connection_named_headers_only() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Trace-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-trace-hop", "1"),
+            ("authorization", "Bearer kept"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type"]);
+    }
+
+    #[test]
+    fn strip_hop_by_hop_without_connection_header_keeps_end_to_end_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_LENGTH));
+    }
 }
