@@ -107,6 +107,11 @@ pub struct ForwardConfig {
     pub model: Option<String>,
     #[serde(default)]
     pub device: Option<String>,
+    #[serde(default)]
+    pub app: Option<String>,
+    /// `allow`, `block` or `redact` (e.g. send only blocks to the SIEM).
+    #[serde(default)]
+    pub decision: Option<String>,
     /// How often an idle forwarder looks for new events.
     #[serde(default = "default_forward_poll_ms")]
     pub poll_ms: u64,
@@ -146,6 +151,8 @@ impl ForwardConfig {
             provider: None,
             model: None,
             device: None,
+            app: None,
+            decision: None,
             poll_ms: DEFAULT_FORWARD_POLL_MS,
             max_backoff_ms: DEFAULT_FORWARD_MAX_BACKOFF_MS,
             confirm_timeout_ms: DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS,
@@ -180,6 +187,11 @@ impl ForwardConfig {
             }
             if self.server_name.is_some() {
                 p.push(format!("{at}.server_name: only for transport = \"tls\""));
+            }
+        }
+        if let Some(d) = &self.decision {
+            if !["allow", "block", "redact"].contains(&d.as_str()) {
+                p.push(format!("{at}.decision: {d:?} is not one of allow, block, redact"));
             }
         }
         if let Some(n) = &self.server_name {
@@ -664,6 +676,7 @@ mod tests {
             ca_file = "/x.pem"
             format = "cef"
             poll_ms = 0
+            decision = "maybe"
             [[forward]]
             name = "dup"
             address = "h:1"
@@ -683,13 +696,14 @@ mod tests {
             "forward[0].ca_file",
             "forward[0].format",
             "forward[0].poll_ms",
+            "forward[0].decision",
             "forward[1].server_name",
             "forward[2].address",
             "forward[2].name: \"dup\" is used twice",
         ] {
             assert!(p.iter().any(|m| m.starts_with(want)), "{want} missing from {p:?}");
         }
-        assert_eq!(p.len(), 8, "{p:?}");
+        assert_eq!(p.len(), 9, "{p:?}");
         let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"udp\"").unwrap_err();
         assert!(matches!(&e, ConfigError::Parse(m) if m.contains("udp")), "{e}");
         let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"tcp\"\nfilter = 1").unwrap_err();

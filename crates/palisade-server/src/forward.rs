@@ -187,6 +187,8 @@ impl Target {
             kind: self.cfg.kind.clone(),
             provider: self.cfg.provider.clone(),
             model: self.cfg.model.clone(),
+            app: self.cfg.app.clone(),
+            decision: self.cfg.decision.clone(),
             after_seq: Some(after),
             limit: EXPORT_PAGE_ROWS,
             ..EventFilter::default()

@@ -423,3 +423,33 @@ async fn the_standby_server_takes_over_from_the_saved_cursor() {
     assert_eq!(collector.connections(), 2);
     standby.stop().await;
 }
+
+#[tokio::test]
+async fn a_target_filtered_on_decision_gets_only_those_records() {
+    let collector = SyslogCollector::tcp("127.0.0.1:0").await;
+    let mut t = tcp_target("blocks", &collector);
+    t.decision = Some("block".into());
+    let srv = TestServer::start_with(|cfg| cfg.forward = vec![t]).await;
+    let dev = srv.enroll_new("hw-blocks").await;
+    let recs: Vec<_> = (0..30)
+        .map(|i| {
+            let mut rec = record(&dev.id, "openai");
+            let mut ev: Value = serde_json::from_slice(&rec.json).unwrap();
+            ev["policy"] = serde_json::json!({"decision": if i % 3 == 0 { "block" } else { "allow" }, "rule": null, "version": 1});
+            rec.json = serde_json::to_vec(&ev).unwrap();
+            rec
+        })
+        .collect();
+    let blocked: Vec<String> = recs.iter().step_by(3).map(|r| r.id.clone()).collect();
+    let mut c = srv.clients(&dev).await;
+    upload(&mut c.audit, vec![batch(1, recs)]).await.unwrap();
+    let frames = collector.wait_for(10, WAIT).await;
+    wait_caught_up(&srv, "blocks").await;
+    assert_eq!(ids(&frames), blocked);
+    for f in &frames {
+        let m = parse_rfc5424(f).unwrap();
+        assert_eq!(m.sd[0].param("decision"), Some("block"));
+        assert_eq!(m.severity, 4, "blocks are warnings");
+    }
+    srv.stop().await;
+}
