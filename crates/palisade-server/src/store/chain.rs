@@ -750,12 +750,23 @@ macro_rules! chain_impl {
                         .await?
                         .rows_affected();
                 }
+                // Rows stored before chaining began all sit below the first
+                // link's seq: a range on the seq key, not a table scan.
+                let first: Option<i64> = sqlx::query(
+                    "SELECT seq FROM events WHERE chain_pos = (SELECT MIN(chain_pos) FROM events)",
+                )
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get("seq"))
+                .transpose()?;
+                let below = first.unwrap_or(i64::MAX);
                 loop {
                     let _guard = self.retention_guard().await;
                     let n = sqlx::query(
                         "DELETE FROM events WHERE seq IN (SELECT seq FROM events \
-                         WHERE chain_pos IS NULL AND received_at < $1 LIMIT $2)",
+                         WHERE seq < $1 AND chain_pos IS NULL AND received_at < $2 ORDER BY seq LIMIT $3)",
                     )
+                    .bind(below)
                     .bind(cutoff_ms)
                     .bind(RETENTION_CHUNK)
                     .execute(&self.pool)

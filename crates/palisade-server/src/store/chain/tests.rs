@@ -77,7 +77,11 @@ fn interaction(n: usize) -> NewEvent {
         app: Some("curl".into()),
         decision: Some("allow".into()),
         json: json.to_string(),
-        detectors: if n % 2 == 0 { vec!["email".into()] } else { vec![] },
+        detectors: if n % 2 == 0 {
+            vec!["email".into()]
+        } else {
+            vec![]
+        },
         search_text: Some(format!("secret prompt {n}\nanswer {n}")),
         ..NewEvent::default()
     }
@@ -772,4 +776,34 @@ fn content_split_and_purge() {
     let (m, c) = split_record("not json");
     assert_eq!(m, serde_json::Value::String("not json".into()));
     assert!(c.is_empty());
+}
+
+#[tokio::test]
+async fn rows_from_before_chaining_are_reported_and_retained_away() {
+    for (s, _g) in stores().await {
+        let log = audit(&s, 1).await;
+        // Two rows as migration 0005 found them: no link, received long ago.
+        for _ in 0..2 {
+            let sql = format!(
+                "INSERT INTO events (id, device_id, time, kind, json, received_at) VALUES ({}, 'd0', 1, 'interaction', '{{}}', 1)",
+                id_sql(&s, Uuid::now_v7())
+            );
+            exec(&s, &sql).await;
+        }
+        s.insert_events("d1", &batch(3)).await.unwrap();
+        let rep = verify(&s).await.unwrap();
+        assert_eq!(
+            (rep.events, rep.unlinked_legacy),
+            (3, 2),
+            "{}",
+            s.backend_name()
+        );
+        let r = run_once(&s, &log, &key(), &cfg(1, 1, 0), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(r.counts.events_deleted, 2);
+        assert_eq!(r.events_boundary, None);
+        let rep = verify(&s).await.unwrap();
+        assert_eq!((rep.events, rep.unlinked_legacy), (3, 0));
+    }
 }
