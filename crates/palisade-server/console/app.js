@@ -519,8 +519,19 @@ const EVENT_FILTERS = [
   ["app", "App", "text", ""],
   ["model", "Model", "text", ""],
   ["provider", "Provider", "text", ""],
+  ["detector", "Finding", "text", "detector, e.g. email"],
   ["decision", "Decision", "select", ["", "allow", "redact", "block"]],
+  ["window", "Time", "select", ["", "1h", "24h", "7d", "30d"]],
 ];
+const WINDOW_MS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+
+/** The form's filters as API query parameters (`window` becomes `since`). */
+function apiFilters(f) {
+  const out = { ...f };
+  delete out.window;
+  if (WINDOW_MS[f.window]) out.since = new Date(Date.now() - WINDOW_MS[f.window]).toISOString();
+  return out;
+}
 
 async function eventsPage(main, arg) {
   if (arg) return eventDetail(main, arg);
@@ -528,7 +539,7 @@ async function eventsPage(main, arg) {
   const form = el("form", { class: "filters", id: "event-filters" });
   for (const [key, label, type, extra] of EVENT_FILTERS) {
     const input = type === "select"
-      ? el("select", { name: key, id: `f-${key}` }, extra.map((o) => el("option", { value: o }, o || "any")))
+      ? el("select", { name: key, id: `f-${key}` }, extra.map((o) => el("option", { value: o }, o ? (key === "window" ? `last ${o}` : o) : "any")))
       : el("input", { name: key, id: `f-${key}`, type, placeholder: extra, value: eventState.filters[key] || "" });
     if (type === "select") input.value = eventState.filters[key] || "";
     form.appendChild(el("label", {}, label, input));
@@ -536,7 +547,7 @@ async function eventsPage(main, arg) {
   form.appendChild(el("button", { class: "primary", type: "submit", id: "search" }, "Search"));
   if (allowed("GET", "/api/v1/export")) {
     // A plain download over the session cookie (a GET: no CSRF token needed); audited as an export.
-    const qs = new URLSearchParams({ ...eventState.filters, format: "jsonl" });
+    const qs = new URLSearchParams({ ...apiFilters(eventState.filters), format: "jsonl" });
     form.appendChild(el("a", { class: "btn", id: "export", href: `/api/v1/export?${qs}`, download: "palisade-events.jsonl" }, "Export JSONL"));
   }
   form.addEventListener("submit", (ev) => {
@@ -584,7 +595,7 @@ async function eventsPage(main, arg) {
  * server that refuses a filter gets the filter applied to the loaded page
  * instead, with a visible notice. */
 async function loadEvents() {
-  const f = { ...eventState.filters };
+  const f = apiFilters(eventState.filters);
   const params = new URLSearchParams({ ...f, limit: "50" });
   if (eventState.cursor !== null) params.set(typeof eventState.cursor === "number" ? "after" : "cursor", String(eventState.cursor));
   try {
@@ -594,7 +605,7 @@ async function loadEvents() {
     if (e.status !== 400 || !/unknown field/.test(e.message)) throw e;
   }
   // Fallback: only the filters this server knows, the rest matched here.
-  const known = ["provider", "model"];
+  const known = ["provider", "model", "since"];
   const p2 = new URLSearchParams({ limit: "200" });
   for (const k of known) if (f[k]) p2.set(k, f[k]);
   if (typeof eventState.cursor === "number") p2.set("after", String(eventState.cursor));

@@ -311,6 +311,20 @@ async fn admin_goes_through_the_console_in_a_real_browser() {
     );
     b.screenshot("08-xss-shown-as-text").await;
 
+    // Filter by finding and time window (a select set as a person would pick it).
+    b.goto(&srv.url("/#/events")).await;
+    b.find("#events-table").await;
+    b.type_into(&b.find("#f-q").await, "").await;
+    b.type_into(&b.find("#f-detector").await, "email").await;
+    b.exec(
+        "document.getElementById('f-window').value = '24h'; return true;",
+        vec![],
+    )
+    .await;
+    b.click(&b.find("#search").await).await;
+    let rows = b.wait_count("tr.event-row", 1).await;
+    assert!(b.text(&rows[0]).await.contains("Summarise the Q3"));
+
     // CSRF from the console's own origin: a fetch without or with a wrong token is refused.
     let statuses = b
         .exec(
