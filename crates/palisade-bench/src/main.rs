@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 mod export;
 mod fleet;
 mod load;
+mod search;
 
 const LAT_REQUESTS: usize = 2000;
 const RPS_SECONDS: u64 = 5;
@@ -325,8 +326,11 @@ async fn main() -> Result<()> {
     if what == "load" {
         return load::main(std::env::args().skip(2)).await;
     }
+    if what == "search" {
+        return search::main(std::env::args().skip(2)).await;
+    }
     if what != "proxy" {
-        bail!("usage: palisade-bench proxy | palisade-bench load [--requests N] [--clients C] [--wrap CMD] [--before CMD] [--after CMD] | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL] | palisade-bench export [--events N] [--store sqlite|postgres] [--pg-url URL]");
+        bail!("usage: palisade-bench proxy | palisade-bench load [--requests N] [--clients C] [--wrap CMD] [--before CMD] [--after CMD] | palisade-bench fleet [--agents N] [--store sqlite|postgres] [--pg-url URL] | palisade-bench export [--events N] [--store sqlite|postgres] [--pg-url URL] | palisade-bench search [--events N] [--store sqlite|postgres] [--pg-url URL] [--runs R]");
     }
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new();
