@@ -138,16 +138,29 @@ async fn run_store(name: &str, s: &Store, a: &Args) -> Result<Vec<Row>> {
         let todo = a.events - have;
         println!("== [{name}] seeding {todo} events (store holds {have})");
         let t0 = Instant::now();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ have);
+        // Records are built on a blocking thread while the previous batch
+        // is being inserted, so the figure is the store's, not the generator's.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<NewEvent>)>(4);
+        let (total, seed_words) = (a.events, words.clone());
+        let generator = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ have);
+            let mut first = have;
+            while first < total {
+                let batch = (first..first + BATCH as u64)
+                    .map(|i| record(i, total, start, &seed_words, &mut rng))
+                    .collect::<Result<Vec<_>>>()?;
+                let device = format!("device-{:04}", rng.below(DEVICES));
+                if tx.blocking_send((device, batch)).is_err() {
+                    break;
+                }
+                first += BATCH as u64;
+            }
+            Ok(())
+        });
         let mut done = 0u64;
         let mut bytes = 0u64;
-        while done < todo {
-            let first = have + done;
-            let batch: Vec<NewEvent> = (first..first + BATCH as u64)
-                .map(|i| record(i, a.events, start, &words, &mut rng))
-                .collect::<Result<_>>()?;
+        while let Some((device, batch)) = rx.recv().await {
             bytes += batch.iter().map(|e| e.json.len() as u64).sum::<u64>();
-            let device = format!("device-{:04}", rng.below(DEVICES));
             s.insert_events(&device, &batch).await?;
             done += BATCH as u64;
             if done % 100_000 == 0 {
@@ -158,6 +171,7 @@ async fn run_store(name: &str, s: &Store, a: &Args) -> Result<Vec<Row>> {
                 );
             }
         }
+        generator.await??;
         let secs = t0.elapsed().as_secs_f64();
         println!(
             "   seeded {todo} in {secs:.1}s: {:.0} events/s, avg {} B of JSON per record",

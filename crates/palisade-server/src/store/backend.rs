@@ -112,10 +112,19 @@ impl SqliteBackend {
     /// SQLite keeps search text in the `events_fts` table, not in the row.
     const TEXT_IN_ROW: bool = false;
 
-    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, t: &TextQuery) {
-        qb.push(" AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ")
-            .push_bind(t.fts5())
-            .push(")");
+    /// With a selective filter (one user, device, detector) the rows are
+    /// few: probe the index per row. Otherwise let FTS5 produce the matching
+    /// seqs once and walk events newest first against them.
+    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, t: &TextQuery, selective: bool) {
+        if selective {
+            qb.push(" AND EXISTS (SELECT 1 FROM events_fts WHERE events_fts MATCH ")
+                .push_bind(t.fts5())
+                .push(" AND events_fts.rowid = events.seq)");
+        } else {
+            qb.push(" AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ")
+                .push_bind(t.fts5())
+                .push(")");
+        }
     }
 
     /// Index the text of freshly inserted events (`(seq, text)`).
@@ -209,7 +218,7 @@ impl PgBackend {
     /// PostgreSQL keeps search text as the row's `search_tsv`.
     const TEXT_IN_ROW: bool = true;
 
-    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, t: &TextQuery) {
+    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, t: &TextQuery, _selective: bool) {
         qb.push(" AND search_tsv @@ plainto_tsquery('simple', ")
             .push_bind(t.plain().to_string())
             .push(")");
@@ -708,13 +717,34 @@ macro_rules! backend_impl {
                         .push(")");
                 }
                 if let Some(t) = &f.text {
-                    Self::push_text_filter(&mut qb, t);
+                    let selective = f.os_user.is_some()
+                        || f.user_email.is_some()
+                        || f.device_id.is_some()
+                        || f.detector.is_some();
+                    Self::push_text_filter(&mut qb, t, selective);
                 }
-                if let Some(v) = f.since {
-                    qb.push(" AND time >= ").push_bind(v.timestamp_millis());
+                let (since, until) = (f.since.map(|t| t.timestamp_millis()), f.until.map(|t| t.timestamp_millis()));
+                if let Some(v) = since {
+                    qb.push(" AND time >= ").push_bind(v);
                 }
-                if let Some(v) = f.until {
-                    qb.push(" AND time < ").push_bind(v.timestamp_millis());
+                if let Some(v) = until {
+                    qb.push(" AND time < ").push_bind(v);
+                }
+                if since.is_some() || until.is_some() {
+                    // Redundant but decisive: the seq span of the time range,
+                    // read from the (time) index alone. Events arrive roughly
+                    // in time order, so walking seq backwards from the span's
+                    // top finds a page at once instead of sorting the range.
+                    for (agg, op) in [("MIN", ">="), ("MAX", "<=")] {
+                        qb.push(format_args!(" AND seq {op} (SELECT {agg}(seq) FROM events WHERE 1 = 1"));
+                        if let Some(v) = since {
+                            qb.push(" AND time >= ").push_bind(v);
+                        }
+                        if let Some(v) = until {
+                            qb.push(" AND time < ").push_bind(v);
+                        }
+                        qb.push(")");
+                    }
                 }
                 if let Some(v) = f.before_seq {
                     qb.push(" AND seq < ").push_bind(v);
