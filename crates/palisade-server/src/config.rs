@@ -26,6 +26,7 @@ pub const DEFAULT_STREAM_RECHECK_MS: u64 = 30_000;
 pub const DEFAULT_FORWARD_POLL_MS: u64 = 500;
 pub const DEFAULT_FORWARD_MAX_BACKOFF_MS: u64 = 30_000;
 pub const DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_FORWARD_MAX_MESSAGE_BYTES: usize = 65_536;
 /// Retention defaults, in days (0 in a config means keep forever).
 pub const DEFAULT_EVENTS_DAYS: u32 = 365;
 pub const DEFAULT_CONTENT_DAYS: u32 = 90;
@@ -121,6 +122,10 @@ pub struct ForwardConfig {
     /// How long a written batch may wait for the collector's TCP acknowledgement.
     #[serde(default = "default_forward_confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
+    /// Largest syslog message sent; longer records lose their prompt and
+    /// response text first (see `export::syslog_message_capped`).
+    #[serde(default = "default_forward_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 fn default_forward_format() -> String {
@@ -134,6 +139,9 @@ fn default_forward_max_backoff_ms() -> u64 {
 }
 fn default_forward_confirm_timeout_ms() -> u64 {
     DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS
+}
+fn default_forward_max_message_bytes() -> usize {
+    DEFAULT_FORWARD_MAX_MESSAGE_BYTES
 }
 
 impl ForwardConfig {
@@ -156,6 +164,7 @@ impl ForwardConfig {
             poll_ms: DEFAULT_FORWARD_POLL_MS,
             max_backoff_ms: DEFAULT_FORWARD_MAX_BACKOFF_MS,
             confirm_timeout_ms: DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS,
+            max_message_bytes: DEFAULT_FORWARD_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -188,6 +197,9 @@ impl ForwardConfig {
             if self.server_name.is_some() {
                 p.push(format!("{at}.server_name: only for transport = \"tls\""));
             }
+        }
+        if !(2048..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            p.push(format!("{at}.max_message_bytes: must be 2048..=16777216"));
         }
         if let Some(d) = &self.decision {
             if !["allow", "block", "redact"].contains(&d.as_str()) {
@@ -677,6 +689,7 @@ mod tests {
             format = "cef"
             poll_ms = 0
             decision = "maybe"
+            max_message_bytes = 100
             [[forward]]
             name = "dup"
             address = "h:1"
@@ -697,13 +710,14 @@ mod tests {
             "forward[0].format",
             "forward[0].poll_ms",
             "forward[0].decision",
+            "forward[0].max_message_bytes",
             "forward[1].server_name",
             "forward[2].address",
             "forward[2].name: \"dup\" is used twice",
         ] {
             assert!(p.iter().any(|m| m.starts_with(want)), "{want} missing from {p:?}");
         }
-        assert_eq!(p.len(), 9, "{p:?}");
+        assert_eq!(p.len(), 10, "{p:?}");
         let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"udp\"").unwrap_err();
         assert!(matches!(&e, ConfigError::Parse(m) if m.contains("udp")), "{e}");
         let e = ServerConfig::from_toml("[[forward]]\nname = \"x\"\naddress = \"h:1\"\ntransport = \"tcp\"\nfilter = 1").unwrap_err();

@@ -176,6 +176,41 @@ pub fn syslog_message(ev: &StoredEvent, record: &Value) -> String {
     out
 }
 
+/// [`syslog_message`], at most `max` bytes where possible: over it, the
+/// prompt and response text are removed from MSG (and the record says so in
+/// `export_truncated`); if that is still too long, MSG keeps only the
+/// envelope (`seq`, `id`, `time`, `kind`, `device`). Collectors must accept
+/// 2048 bytes and should accept 8192 (RFC 5425 §4.3.1); many refuse more.
+pub fn syslog_message_capped(ev: &StoredEvent, record: &Value, max: usize) -> String {
+    let full = syslog_message(ev, record);
+    if full.len() <= max {
+        return full;
+    }
+    let mut lean = record.clone();
+    strip_content(&mut lean);
+    if let Some(obj) = lean.as_object_mut() {
+        obj.insert(
+            "export_truncated".into(),
+            json!(format!("prompt and response text removed: message over {max} bytes")),
+        );
+    }
+    let msg = syslog_message(ev, &lean);
+    if msg.len() <= max {
+        return msg;
+    }
+    let mut envelope = serde_json::Map::new();
+    for key in ["seq", "id", "time", "kind", "device"] {
+        if let Some(v) = record.get(key) {
+            envelope.insert(key.into(), v.clone());
+        }
+    }
+    envelope.insert(
+        "export_truncated".into(),
+        json!(format!("record reduced to its envelope: message over {max} bytes")),
+    );
+    syslog_message(ev, &Value::Object(envelope))
+}
+
 fn error_text(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v.get("kind").and_then(Value::as_str))
 }

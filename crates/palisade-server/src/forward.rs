@@ -32,7 +32,7 @@
 //! the failure only.
 
 use crate::config::{ForwardConfig, ForwardStart, ForwardTransport};
-use crate::export::{octet_frame, record_value, syslog_message, EXPORT_PAGE_ROWS};
+use crate::export::{octet_frame, record_value, syslog_message_capped, EXPORT_PAGE_ROWS};
 use crate::store::{EventFilter, Store, StoreError};
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -296,7 +296,8 @@ impl Target {
                 }
                 frame.clear();
                 for ev in &rows {
-                    octet_frame(&syslog_message(ev, &record_value(ev)), &mut frame);
+                    let msg = syslog_message_capped(ev, &record_value(ev), self.cfg.max_message_bytes);
+                    octet_frame(&msg, &mut frame);
                 }
                 conn.send(&frame).await?;
                 conn.confirm(Duration::from_millis(self.cfg.confirm_timeout_ms)).await?;

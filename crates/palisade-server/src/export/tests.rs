@@ -140,3 +140,33 @@ fn format_names() {
     let e = "csv".parse::<ExportFormat>().unwrap_err();
     assert!(e.to_string().contains("json, jsonl, syslog"), "{e}");
 }
+
+#[test]
+fn capped_messages_drop_text_first_then_all_but_the_envelope() {
+    let mut r = nasty();
+    r["request"]["prompt"] = json!("p".repeat(20_000));
+    let ev = event(5, r);
+    let v = record_value(&ev);
+    let full = syslog_message_capped(&ev, &v, 1 << 20);
+    assert_eq!(full, syslog_message(&ev, &v), "under the cap: unchanged");
+
+    let lean = syslog_message_capped(&ev, &v, 8192);
+    assert!(lean.len() <= 8192, "{}", lean.len());
+    let m = parse_rfc5424(&lean).unwrap();
+    let back: Value = serde_json::from_str(m.msg.as_deref().unwrap()).unwrap();
+    assert_eq!(back["request"]["prompt"], Value::Null);
+    assert_eq!(back["provider"], "openai", "metadata stays");
+    assert!(back["export_truncated"].as_str().unwrap().contains("8192"));
+    assert_eq!(m.sd[0].param("decision"), Some("block"), "SD is untouched");
+
+    let mut r = nasty();
+    r["details"] = json!("d".repeat(20_000));
+    let ev = event(6, r);
+    let tiny = syslog_message_capped(&ev, &record_value(&ev), 2048);
+    assert!(tiny.len() <= 2048, "{}", tiny.len());
+    let m = parse_rfc5424(&tiny).unwrap();
+    let back: Value = serde_json::from_str(m.msg.as_deref().unwrap()).unwrap();
+    assert_eq!(back["seq"], 6);
+    assert_eq!(back["details"], Value::Null);
+    assert!(back["export_truncated"].as_str().unwrap().contains("envelope"));
+}
