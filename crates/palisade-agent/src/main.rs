@@ -9,7 +9,9 @@ use std::path::PathBuf;
 // objects per request (headers, JSON values, records) across worker threads.
 // Measured with `palisade-bench load` under callgrind, glibc's free path
 // (consolidation of hyper's freed read buffers) alone cost ~18k instructions
-// per intercepted request; see docs/ARCHITECTURE.md, "Performance".
+// per intercepted request; see docs/ARCHITECTURE.md, "Performance". mimalloc
+// v2 without transparent huge pages: v3 (the crate's default) doubled the
+// idle RSS (23.5 -> 50 MB); v2 keeps it within ~2 MB of glibc's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
