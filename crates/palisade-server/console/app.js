@@ -538,6 +538,8 @@ async function eventsPage(main, arg) {
   main.append(el("h1", {}, "Events"), el("p", { class: "sub" }, "Every recorded AI interaction and discovery, newest data as agents upload it."));
   const form = el("form", { class: "filters", id: "event-filters" });
   for (const [key, label, type, extra] of EVENT_FILTERS) {
+    // Viewers may not read prompt text, so the server refuses their text search.
+    if (key === "q" && session.role === "viewer") continue;
     const input = type === "select"
       ? el("select", { name: key, id: `f-${key}` }, extra.map((o) => el("option", { value: o }, o ? (key === "window" ? `last ${o}` : o) : "any")))
       : el("input", { name: key, id: `f-${key}`, type, placeholder: extra, value: eventState.filters[key] || "" });

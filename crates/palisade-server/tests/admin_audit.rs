@@ -580,6 +580,7 @@ async fn viewers_get_events_without_prompt_or_response_text() {
             r.text().await.unwrap()
         }
     };
+    let (viewer_again, auditor_again) = (viewer.clone(), auditor.clone());
     let as_viewer = get(viewer).await;
     assert!(!as_viewer.contains("merger"), "{as_viewer}");
     assert!(!as_viewer.contains("plan summary"), "{as_viewer}");
@@ -592,6 +593,34 @@ async fn viewers_get_events_without_prompt_or_response_text() {
     let as_auditor = get(auditor).await;
     assert!(as_auditor.contains("the secret merger plan"));
     assert!(as_auditor.contains("here is the plan summary"));
+
+    // Nor can a viewer probe the hidden text through free-text search: the
+    // call is refused, and the refusal is audited.
+    let store = Store::open(&srv.cfg).await.unwrap();
+    let before = all_entries(&store).await.len();
+    let r = srv
+        .http()
+        .get(srv.url("/api/v1/events?q=merger"))
+        .bearer_auth(&viewer_again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let after = all_entries(&store).await;
+    assert_eq!(after.len(), before + 1, "the refusal is audited");
+    let e = &after[before];
+    assert_eq!((e.outcome.as_str(), e.actor.id.as_str()), ("failure", "dash"));
+    assert_eq!(e.details["status"], 403);
+    let r = srv
+        .http()
+        .get(srv.url("/api/v1/events?q=merger"))
+        .bearer_auth(&auditor_again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("merger"));
+    store.close().await;
     srv.stop().await;
 }
 

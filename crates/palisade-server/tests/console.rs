@@ -519,6 +519,10 @@ async fn viewer_sees_no_prompt_text_and_no_admin_controls() {
     b.goto(&srv.url("/#/events")).await;
     let table = b.wait_text("#events-table", "(hidden)").await;
     assert!(
+        b.all("#f-q").await.is_empty(),
+        "no free-text search over text the viewer may not read"
+    );
+    assert!(
         !table.contains("revenue") && !table.contains("haiku"),
         "{table}"
     );

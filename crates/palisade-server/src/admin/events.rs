@@ -233,6 +233,16 @@ pub(super) async fn list(
     q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if who.role.hides_content() && q.q.is_some() {
+        // Matching on text the role may not read would reveal it.
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "role {} may not search prompt or response text (q)",
+                who.role.as_str()
+            ),
+        ));
+    }
     let filter = q
         .into_filter(s.limits.events_page_limit)
         .map_err(|p| ApiError::bad_request(p.join("; ")))?;

@@ -409,7 +409,10 @@ pub(crate) async fn authorize(
         role,
     });
     let response = next.run(req).await;
-    if let Audit::Yes { .. } = m.rule.audit {
+    // A handler may refuse too (e.g. a search the role may not run): every
+    // 403 becomes an audit entry, whether or not the route is audited.
+    let refused_by_handler = response.status() == StatusCode::FORBIDDEN;
+    if matches!(m.rule.audit, Audit::Yes { .. }) || refused_by_handler {
         let status = response.status();
         let note = response
             .extensions()
