@@ -37,6 +37,8 @@ pub struct PgBackend {
     pub(super) pool: PgPool,
     /// Holds the password: never Debug-printed.
     opts: PgConnectOptions,
+    /// Set once the writer task runs; ingest goes through it (group commit).
+    group: Option<super::group::GroupCommitter>,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -204,7 +206,26 @@ impl PgBackend {
             .run(&pool)
             .await?;
         info!(url = %crate::config::redact_url(url), schema, "Opened PostgreSQL store");
-        Ok(Self { pool, opts })
+        let mut backend = Self {
+            pool,
+            opts,
+            group: None,
+        };
+        backend.group = Some(super::group::GroupCommitter::start(backend.clone()));
+        Ok(backend)
+    }
+
+    /// Insert through the group committer (one transaction, one chain-lock
+    /// hold, per group of batches).
+    pub(super) async fn insert_events_grouped(
+        &self,
+        device_id: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
+        match &self.group {
+            Some(g) => g.insert(device_id, events).await,
+            None => self.insert_events(device_id, &events).await,
+        }
     }
 
     /// Options for a connection outside the pool (e.g. one holding a session lock).

@@ -1,12 +1,16 @@
-//! Group commit for SQLite ingest: batches that arrive while a commit is in
+//! Group commit for ingest: batches that arrive while a commit is in
 //! progress are committed together in the next transaction, so many agents
 //! sending small batches cost one fsync per group instead of one per batch.
+//! SQLite has one writer anyway; on PostgreSQL the event chain serialises
+//! ingest transactions (one chain lock), so grouping is what keeps its
+//! throughput: one lock hold and one commit per group, not per batch.
 //!
 //! Each caller still gets its own answer only after the transaction that
 //! holds its rows committed; if that transaction fails, every batch in it
 //! gets the error (and no caller acks). Must never answer before commit.
 
-use super::{NewEvent, SqliteBackend, StoreError};
+use super::{NewEvent, PgBackend, SqliteBackend, StoreError};
+use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
@@ -26,9 +30,35 @@ pub(super) struct GroupCommitter {
     tx: mpsc::Sender<Job>,
 }
 
+/// A backend that can commit several devices' batches in one transaction.
+pub(super) trait GroupInsert: Clone + Send + Sync + 'static {
+    fn insert_groups<'a>(
+        &'a self,
+        groups: &'a [(&'a str, &'a [NewEvent])],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'a;
+}
+
+impl GroupInsert for SqliteBackend {
+    fn insert_groups<'a>(
+        &'a self,
+        groups: &'a [(&'a str, &'a [NewEvent])],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'a {
+        self.insert_event_groups(groups)
+    }
+}
+
+impl GroupInsert for PgBackend {
+    fn insert_groups<'a>(
+        &'a self,
+        groups: &'a [(&'a str, &'a [NewEvent])],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'a {
+        self.insert_event_groups(groups)
+    }
+}
+
 impl GroupCommitter {
     /// Start the writer task. It ends when every handle is dropped.
-    pub(super) fn start(backend: SqliteBackend) -> Self {
+    pub(super) fn start<B: GroupInsert>(backend: B) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(writer(backend, rx));
         Self { tx }
@@ -50,7 +80,7 @@ impl GroupCommitter {
     }
 }
 
-async fn writer(backend: SqliteBackend, mut rx: mpsc::Receiver<Job>) {
+async fn writer<B: GroupInsert>(backend: B, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut total = first.events.len();
         let mut jobs = vec![first];
@@ -67,7 +97,7 @@ async fn writer(backend: SqliteBackend, mut rx: mpsc::Receiver<Job>) {
             .iter()
             .map(|j| (j.device_id.as_str(), &j.events[..]))
             .collect();
-        match backend.insert_event_groups(&groups).await {
+        match backend.insert_groups(&groups).await {
             Ok(counts) => {
                 for (job, count) in jobs.into_iter().zip(counts) {
                     let _ = job.reply.send(Ok(count));

@@ -453,7 +453,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(b) => b.insert_events_grouped(device_id, events.to_vec()).await,
-            Store::Postgres(b) => b.insert_events(device_id, events).await,
+            Store::Postgres(b) => b.insert_events_grouped(device_id, events.to_vec()).await,
         }
     }
 
