@@ -436,6 +436,24 @@ async fn content_retention_purges_text_and_chain_still_verifies() {
         }
         let rep = verify(&s).await.unwrap();
         assert_eq!((rep.events, rep.content_purged), (7, 4));
+        // Purged words are no longer searchable; kept ones still are.
+        let search = |words: &str| crate::store::EventFilter {
+            text: crate::store::TextQuery::new(words),
+            limit: 100,
+            ..Default::default()
+        };
+        assert!(s
+            .query_events(&search("secret"))
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| !old.iter().any(|o| o.id == e.id)));
+        assert_eq!(
+            s.query_events(&search("answer")).await.unwrap().len(),
+            3,
+            "{}",
+            s.backend_name()
+        );
         // A second pass finds nothing new to purge.
         let r = run_once(&s, &log, &key(), &cfg(365, 30, 0), now)
             .await
