@@ -611,20 +611,34 @@ macro_rules! backend_impl {
                 &self,
                 groups: &[(&str, &[NewEvent])],
             ) -> Result<Vec<u64>, StoreError> {
+                let received = now_ms();
+                let digests: Vec<_> = groups
+                    .iter()
+                    .map(|(device_id, events)| super::chain::digest_batch(device_id, events, received))
+                    .collect();
+                let prepared: Vec<_> = digests.iter().map(|d| (received, &d[..])).collect();
+                self.insert_event_groups_prepared(groups, &prepared).await
+            }
+
+            /// [`Self::insert_event_groups`] with each group's receive time and
+            /// chain digests computed by the caller (the group committer's
+            /// callers, in parallel), so the single writer only links.
+            pub(super) async fn insert_event_groups_prepared(
+                &self,
+                groups: &[(&str, &[NewEvent])],
+                prepared: &[(i64, &[super::chain::EventDigests])],
+            ) -> Result<Vec<u64>, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
                 let mut counts = vec![0; groups.len()];
                 if groups.iter().all(|(_, e)| e.is_empty()) {
                     return Ok(counts);
                 }
-                let received = now_ms();
-                // Hashing happens before the chain lock; linking under it.
-                let digests = super::chain::digest_groups(groups, received);
                 let mut tx = self.pool.begin().await?;
                 let mut chain = Self::event_chain_begin(&mut tx, groups).await?;
                 let mut texts: Vec<(i64, &str)> = Vec::new();
                 let mut detectors: Vec<(&str, i64)> = Vec::new();
-                for ((count, (device_id, events)), digests) in counts.iter_mut().zip(groups).zip(&digests) {
+                for ((count, (device_id, events)), &(received, digests)) in counts.iter_mut().zip(groups).zip(prepared) {
                     let fresh = chain.fresh(events, digests);
                     for chunk in fresh.chunks(INSERT_CHUNK_ROWS) {
                         let mut qb = QueryBuilder::<$db>::new(

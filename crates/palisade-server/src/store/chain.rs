@@ -175,31 +175,27 @@ pub fn purge_content(json: &str) -> Option<String> {
     changed.then(|| v.to_string())
 }
 
-/// Digests of every event of every group, computed before the chain lock.
-pub(super) fn digest_groups(
-    groups: &[(&str, &[NewEvent])],
+/// Digests of a device's batch, computed before (and outside) the chain lock.
+pub(super) fn digest_batch(
+    device_id: &str,
+    events: &[NewEvent],
     received_at: i64,
-) -> Vec<Vec<EventDigests>> {
-    groups
+) -> Vec<EventDigests> {
+    events
         .iter()
-        .map(|(device_id, events)| {
-            events
-                .iter()
-                .map(|e| {
-                    let meta = EventMeta {
-                        id: e.id,
-                        device_id,
-                        time_ms: e.time.timestamp_millis(),
-                        kind: &e.kind,
-                        provider: e.provider.as_deref(),
-                        model: e.model.as_deref(),
-                        app: e.app.as_deref(),
-                        decision: e.decision.as_deref(),
-                        received_at,
-                    };
-                    digest_event(&meta, &e.json).0
-                })
-                .collect()
+        .map(|e| {
+            let meta = EventMeta {
+                id: e.id,
+                device_id,
+                time_ms: e.time.timestamp_millis(),
+                kind: &e.kind,
+                provider: e.provider.as_deref(),
+                model: e.model.as_deref(),
+                app: e.app.as_deref(),
+                decision: e.decision.as_deref(),
+                received_at,
+            };
+            digest_event(&meta, &e.json).0
         })
         .collect()
 }

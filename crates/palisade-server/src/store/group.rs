@@ -9,7 +9,8 @@
 //! holds its rows committed; if that transaction fails, every batch in it
 //! gets the error (and no caller acks). Must never answer before commit.
 
-use super::{NewEvent, PgBackend, SqliteBackend, StoreError};
+use super::chain::{digest_batch, EventDigests};
+use super::{now_ms, NewEvent, PgBackend, SqliteBackend, StoreError};
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
@@ -22,6 +23,9 @@ const QUEUE_DEPTH: usize = 256;
 struct Job {
     device_id: String,
     events: Vec<NewEvent>,
+    /// When the batch arrived, and its chain digests (computed by the caller).
+    received: i64,
+    digests: Vec<EventDigests>,
     reply: oneshot::Sender<Result<u64, StoreError>>,
 }
 
@@ -35,6 +39,7 @@ pub(super) trait GroupInsert: Clone + Send + Sync + 'static {
     fn insert_groups<'a>(
         &'a self,
         groups: &'a [(&'a str, &'a [NewEvent])],
+        prepared: &'a [(i64, &'a [EventDigests])],
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'a;
 }
 
@@ -42,8 +47,9 @@ impl GroupInsert for SqliteBackend {
     fn insert_groups<'a>(
         &'a self,
         groups: &'a [(&'a str, &'a [NewEvent])],
+        prepared: &'a [(i64, &'a [EventDigests])],
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'a {
-        self.insert_event_groups(groups)
+        self.insert_event_groups_prepared(groups, prepared)
     }
 }
 
@@ -51,8 +57,9 @@ impl GroupInsert for PgBackend {
     fn insert_groups<'a>(
         &'a self,
         groups: &'a [(&'a str, &'a [NewEvent])],
+        prepared: &'a [(i64, &'a [EventDigests])],
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send + 'a {
-        self.insert_event_groups(groups)
+        self.insert_event_groups_prepared(groups, prepared)
     }
 }
 
@@ -70,9 +77,15 @@ impl GroupCommitter {
         events: Vec<NewEvent>,
     ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
+        // Hash here, in the caller's task: callers run in parallel, the
+        // writer is one task.
+        let received = now_ms();
+        let digests = digest_batch(device_id, &events, received);
         let job = Job {
             device_id: device_id.to_string(),
             events,
+            received,
+            digests,
             reply,
         };
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
@@ -97,7 +110,9 @@ async fn writer<B: GroupInsert>(backend: B, mut rx: mpsc::Receiver<Job>) {
             .iter()
             .map(|j| (j.device_id.as_str(), &j.events[..]))
             .collect();
-        match backend.insert_groups(&groups).await {
+        let prepared: Vec<(i64, &[EventDigests])> =
+            jobs.iter().map(|j| (j.received, &j.digests[..])).collect();
+        match backend.insert_groups(&groups, &prepared).await {
             Ok(counts) => {
                 for (job, count) in jobs.into_iter().zip(counts) {
                     let _ = job.reply.send(Ok(count));
