@@ -742,3 +742,73 @@ async fn a_revoked_admin_token_is_refused_at_once_and_listed_without_secrets() {
         store.close().await;
     }
 }
+
+/// After retention removed the oldest entries, the HTTP export carries the
+/// signed checkpoint it starts from, and an auditor verifies it offline.
+#[tokio::test]
+async fn export_after_retention_carries_its_checkpoint() {
+    for srv in servers().await {
+        for i in 0..4 {
+            let (s, _) = srv
+                .admin(
+                    Method::POST,
+                    "/api/v1/enrollment-tokens",
+                    Some(json!({"note": format!("n{i}")})),
+                )
+                .await;
+            assert_eq!(s, 201);
+        }
+        let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
+        let store = Store::open(&srv.cfg).await.unwrap();
+        let before = all_entries(&store).await.len() as u64;
+        let retention = palisade_server::config::RetentionConfig {
+            admin_audit_days: 1,
+            events_days: 0,
+            content_days: 0,
+            ..Default::default()
+        };
+        let log = palisade_server::admin::audit::AuditLog::new(store.clone(), key.clone());
+        let r = palisade_server::retention::run_once(
+            &store,
+            &log,
+            &key,
+            &retention,
+            chrono::Utc::now() + chrono::Duration::days(2),
+        )
+        .await
+        .unwrap();
+        // Everything but the newest entry went; the retention entry follows it.
+        assert_eq!(r.counts.admin_audit_deleted, before - 1);
+        verify_store(&store, &key).await.unwrap();
+        store.close().await;
+
+        let text = srv
+            .http()
+            .get(srv.url("/api/v1/admin-audit/export"))
+            .bearer_auth(&srv.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let parsed = parse_export(&text).unwrap();
+        let first = parsed.entries[0].seq;
+        assert_eq!(first, before as i64);
+        let cp = parsed
+            .trailer
+            .as_ref()
+            .and_then(|t| t.checkpoint.clone())
+            .expect("the export names the checkpoint it starts from");
+        assert_eq!((cp.chain.as_str(), cp.position), ("admin_audit", first - 1));
+        let report = verify_export(&parsed, &key).unwrap();
+        assert_eq!(report.entries, parsed.entries.len() as u64);
+        // The retention entry records what it removed.
+        let retention_entry = parsed.entries.iter().find(|e| e.action == "retention").unwrap();
+        assert_eq!(
+            retention_entry.details["counts"]["admin_audit_deleted"],
+            json!(before - 1)
+        );
+        srv.stop().await;
+    }
+}
