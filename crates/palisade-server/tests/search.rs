@@ -379,6 +379,26 @@ async fn cursor_pages_are_stable_while_events_arrive() {
         let want: Vec<String> = ids.iter().rev().cloned().collect();
         assert_eq!(seen, want, "{b}: every event once, newest first");
 
+        // Free text alone pages the same way (the text index yields the page).
+        let mut texted = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = "/api/v1/events?limit=5&q=request".to_string();
+            if let Some(c) = &cursor {
+                q.push_str(&format!("&cursor={c}"));
+            }
+            let (status, v) = get(&srv, &q).await;
+            assert_eq!(status, 200, "{b}: {v}");
+            texted.extend(v["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        let late_ones = texted.len() - want.len();
+        assert_eq!(texted[late_ones..].to_vec(), want, "{b}: text paging, newest first");
+        assert_eq!(late_ones, 3, "{b}: the three late copies of spec 0 match too");
+
         // `after` tails instead: oldest first, continued by `next_after`.
         let (status, v) = get(&srv, "/api/v1/events?after=0&limit=5&kind=interaction").await;
         assert_eq!(status, 200, "{b}: {v}");

@@ -114,11 +114,19 @@ impl SqliteBackend {
     /// SQLite keeps search text in the `events_fts` table, not in the row.
     const TEXT_IN_ROW: bool = false;
 
-    /// With a selective filter (one user, device, detector) the rows are
-    /// few: probe the index per row. Otherwise let FTS5 produce the matching
-    /// seqs once and walk events newest first against them.
-    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, t: &TextQuery, selective: bool) {
-        if selective {
+    /// Free text alone (newest first): FTS5 reads its doclist newest first
+    /// and stops after one page. With a selective filter (one user, device,
+    /// detector) the rows are few: probe the index per row. Otherwise let
+    /// FTS5 produce the matching seqs once and walk events against them.
+    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, t: &TextQuery, plan: TextPlan) {
+        if let TextPlan::Alone { before_seq, limit } = plan {
+            qb.push(" AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ")
+                .push_bind(t.fts5());
+            if let Some(b) = before_seq {
+                qb.push(" AND rowid < ").push_bind(b);
+            }
+            qb.push(" ORDER BY rowid DESC LIMIT ").push_bind(i64::from(limit)).push(")");
+        } else if plan == TextPlan::Selective {
             qb.push(" AND EXISTS (SELECT 1 FROM events_fts WHERE events_fts MATCH ")
                 .push_bind(t.fts5())
                 .push(" AND events_fts.rowid = events.seq)");
@@ -239,7 +247,7 @@ impl PgBackend {
     /// PostgreSQL keeps search text as the row's `search_tsv`.
     const TEXT_IN_ROW: bool = true;
 
-    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, t: &TextQuery, _selective: bool) {
+    fn push_text_filter(qb: &mut QueryBuilder<'_, sqlx::Postgres>, t: &TextQuery, _plan: TextPlan) {
         qb.push(" AND search_tsv @@ plainto_tsquery('simple', ")
             .push_bind(t.plain().to_string())
             .push(")");
@@ -299,6 +307,50 @@ impl PgBackend {
         let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
         l.listen(POLICY_CHANNEL).await?;
         Ok(l)
+    }
+}
+
+/// How a free-text condition is best joined to the rest of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextPlan {
+    /// Nothing else filters, newest first: the text index alone yields the page.
+    Alone { before_seq: Option<i64>, limit: u32 },
+    /// Another filter keeps few rows: check the text per row.
+    Selective,
+    Other,
+}
+
+impl TextPlan {
+    fn for_filter(f: &EventFilter) -> Self {
+        let EventFilter {
+            device_id,
+            kind,
+            provider,
+            model,
+            app,
+            decision,
+            os_user,
+            user_email,
+            detector,
+            text: _,
+            since,
+            until,
+            before_seq,
+            after_seq,
+            limit,
+        } = f;
+        if os_user.is_some() || user_email.is_some() || device_id.is_some() || detector.is_some() {
+            return TextPlan::Selective;
+        }
+        let others = [kind, provider, model, app, decision].iter().any(|v| v.is_some())
+            || since.is_some()
+            || until.is_some()
+            || after_seq.is_some();
+        if others {
+            TextPlan::Other
+        } else {
+            TextPlan::Alone { before_seq: *before_seq, limit: *limit }
+        }
     }
 }
 
@@ -752,11 +804,7 @@ macro_rules! backend_impl {
                         .push(")");
                 }
                 if let Some(t) = &f.text {
-                    let selective = f.os_user.is_some()
-                        || f.user_email.is_some()
-                        || f.device_id.is_some()
-                        || f.detector.is_some();
-                    Self::push_text_filter(&mut qb, t, selective);
+                    Self::push_text_filter(&mut qb, t, TextPlan::for_filter(f));
                 }
                 let (since, until) = (f.since.map(|t| t.timestamp_millis()), f.until.map(|t| t.timestamp_millis()));
                 if let Some(v) = since {
