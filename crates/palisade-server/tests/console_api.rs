@@ -715,7 +715,7 @@ async fn overview_latency_with_many_events() {
                 .unwrap();
         }
         let ingest = started.elapsed();
-        let mut time = |path: &'static str| {
+        let time = |path: &'static str| {
             let srv = &srv;
             async move {
                 let mut runs = Vec::new();

@@ -11,11 +11,15 @@
 //!   of `palisade-core` carries the first and third today; the others are
 //!   reserved so a richer agent's text is purged too). Everything else in the
 //!   JSON is metadata, as are the indexed columns.
-//! * `content_digest = hex(SHA-256(canonical({"<obj>.<field>": value, ...})))`
-//!   over the non-null content fields (`{}` when none);
-//! * `meta_digest = hex(SHA-256(canonical({app, decision, device_id, id, kind,
-//!   model, provider, received_at, record, time})))`, where `record` is the
-//!   JSON with the content fields removed;
+//! * `content_digest = hex(SHA-256("palisade-content/1" ‖ for each non-null
+//!   content field, in [`CONTENT_FIELDS`] order: len:"<obj>.<field>" ‖
+//!   len:<its JSON bytes as stored>))`;
+//! * `meta_digest = hex(SHA-256("palisade-meta/1" ‖ len-prefixed id,
+//!   device_id, kind, provider, model, app, decision, time, received_at ‖
+//!   len:<the stored JSON with each content value replaced by null>))`
+//!   (absent fields are "-"). Digests work on the stored bytes through
+//!   borrowed parsing, with no value tree and no re-serialisation, because
+//!   they sit on the ingest path;
 //! * `chain_hash = hex(SHA-256("palisade-events/1" ‖ chain_prev ‖ ":" ‖ pos ‖
 //!   ":" ‖ meta_digest ‖ ":" ‖ content_digest))`, `chain_prev` of position 1
 //!   being 64 zeros.
@@ -40,7 +44,6 @@
 //! This module must never log record contents.
 
 use super::{NewEvent, PgBackend, SqliteBackend, Store, StoreError};
-use crate::admin::audit::canonical_json;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Row};
@@ -114,30 +117,105 @@ pub fn split_record(json: &str) -> (Value, Map<String, Value>) {
     (v, content)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// One content value inside a record's JSON: which field, and its bytes.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    field: usize,
+    start: usize,
+    end: usize,
 }
 
-/// Digests of one record (see the module docs).
+/// The byte ranges of the content values in `json` (null ones included), in
+/// order of position. Borrowed parsing: no value tree is built, which keeps
+/// digesting cheap on the ingest path. JSON that does not parse, or is not
+/// an object, has no content.
+fn content_spans(json: &str) -> Vec<Span> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let base = json.as_ptr() as usize;
+    let mut spans = Vec::new();
+    let Ok(top) = serde_json::from_str::<BTreeMap<String, &RawValue>>(json) else {
+        return spans;
+    };
+    for (i, (obj, field)) in CONTENT_FIELDS.iter().enumerate() {
+        let Some(inner) = top.get(*obj) else { continue };
+        let Ok(inner) = serde_json::from_str::<BTreeMap<String, &RawValue>>(inner.get()) else {
+            continue;
+        };
+        if let Some(v) = inner.get(*field) {
+            let start = v.get().as_ptr() as usize - base;
+            spans.push(Span { field: i, start, end: start + v.get().len() });
+        }
+    }
+    spans.sort_by_key(|s| s.start);
+    spans
+}
+
+/// `json` with every content value replaced by `null`: the metadata part,
+/// byte for byte what the record holds once its content is purged.
+fn without_content(json: &str, spans: &[Span]) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut at = 0;
+    for s in spans {
+        out.push_str(&json[at..s.start]);
+        out.push_str("null");
+        at = s.end;
+    }
+    out.push_str(&json[at..]);
+    out
+}
+
+/// Feed one optional field into a digest, length-prefixed so no two
+/// different field lists hash alike.
+fn put(h: &mut Sha256, v: Option<&str>) {
+    match v {
+        None => h.update(b"-"),
+        Some(v) => {
+            h.update(format!("{}:", v.len()).as_bytes());
+            h.update(v.as_bytes());
+        }
+    }
+}
+
+/// Digests of one record (see the module docs), and whether it holds content.
 pub fn digest_event(meta: &EventMeta<'_>, json: &str) -> (EventDigests, bool) {
-    let (record, content) = split_record(json);
-    let has_content = !content.is_empty();
-    let m = serde_json::json!({
-        "app": meta.app,
-        "decision": meta.decision,
-        "device_id": meta.device_id,
-        "id": meta.id.to_string(),
-        "kind": meta.kind,
-        "model": meta.model,
-        "provider": meta.provider,
-        "received_at": meta.received_at,
-        "record": record,
-        "time": meta.time_ms,
-    });
+    let spans = content_spans(json);
+    let mut c = Sha256::new();
+    c.update(b"palisade-content/1");
+    let mut has_content = false;
+    let mut by_field = spans.clone();
+    by_field.sort_by_key(|s| s.field);
+    for s in &by_field {
+        let value = &json[s.start..s.end];
+        if value == "null" {
+            continue;
+        }
+        has_content = true;
+        let (obj, field) = CONTENT_FIELDS[s.field];
+        put(&mut c, Some(&format!("{obj}.{field}")));
+        put(&mut c, Some(value));
+    }
+    let mut m = Sha256::new();
+    m.update(b"palisade-meta/1");
+    let id = meta.id.to_string();
+    for v in [
+        Some(id.as_str()),
+        Some(meta.device_id),
+        Some(meta.kind),
+        meta.provider,
+        meta.model,
+        meta.app,
+        meta.decision,
+    ] {
+        put(&mut m, v);
+    }
+    put(&mut m, Some(&meta.time_ms.to_string()));
+    put(&mut m, Some(&meta.received_at.to_string()));
+    put(&mut m, Some(&without_content(json, &spans)));
     (
         EventDigests {
-            meta: sha256_hex(canonical_json(&m).as_bytes()),
-            content: sha256_hex(canonical_json(&Value::Object(content)).as_bytes()),
+            meta: hex::encode(m.finalize()),
+            content: hex::encode(c.finalize()),
         },
         has_content,
     )
@@ -155,24 +233,14 @@ pub fn link_hash(prev: &str, pos: i64, d: &EventDigests) -> String {
     hex::encode(h.finalize())
 }
 
-/// The record with its content fields set to `null`; `None` when it holds
-/// no content (nothing to rewrite).
+/// The record with its content values replaced by `null` (nothing else
+/// changes, byte for byte); `None` when it holds no content.
 pub fn purge_content(json: &str) -> Option<String> {
-    let mut v = serde_json::from_str::<Value>(json).ok()?;
-    let mut changed = false;
-    if let Value::Object(top) = &mut v {
-        for (obj, field) in CONTENT_FIELDS {
-            if let Some(Value::Object(inner)) = top.get_mut(*obj) {
-                if let Some(val) = inner.get_mut(*field) {
-                    if !val.is_null() {
-                        *val = Value::Null;
-                        changed = true;
-                    }
-                }
-            }
-        }
-    }
-    changed.then(|| v.to_string())
+    let spans: Vec<Span> = content_spans(json)
+        .into_iter()
+        .filter(|s| &json[s.start..s.end] != "null")
+        .collect();
+    (!spans.is_empty()).then(|| without_content(json, &spans))
 }
 
 /// Digests of a device's batch, computed before (and outside) the chain lock.
