@@ -124,11 +124,11 @@ impl ServerProcess {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
         let mut ids = HashSet::new();
         let mut total = 0usize;
-        let mut after = None::<i64>;
+        let mut cursor = None::<String>;
         loop {
             let mut url = format!("http://{}/api/v1/events?limit=1000&kind=interaction", self.admin);
-            if let Some(a) = after {
-                url.push_str(&format!("&after={a}"));
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
             }
             let resp = http.get(url).bearer_auth(&self.admin_token).send().await.ok()?;
             if !resp.status().is_success() {
@@ -136,12 +136,12 @@ impl ServerProcess {
             }
             let v: Value = resp.json().await.ok()?;
             let page = v["events"].as_array()?.clone();
-            if page.is_empty() {
-                break;
-            }
             total += page.len();
             ids.extend(page.iter().map(|e| e["id"].as_str().unwrap().to_string()));
-            after = v["next_after"].as_i64();
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
         }
         assert_eq!(ids.len(), total, "an event was stored twice");
         Some(ids)
