@@ -824,23 +824,12 @@ macro_rules! chain_impl {
                 .map(|r| r.try_get("seq"))
                 .transpose()?;
                 let below = first.unwrap_or(i64::MAX);
-                loop {
-                    let _guard = self.retention_guard().await;
-                    let n = sqlx::query(
-                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events \
+                total += self.delete_chunked(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events \
                          WHERE seq < $1 AND chain_pos IS NULL AND received_at < $2 ORDER BY seq LIMIT $3)",
-                    )
-                    .bind(below)
-                    .bind(cutoff_ms)
-                    .bind(RETENTION_CHUNK)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                    total += n;
-                    if n == 0 {
-                        break;
-                    }
-                }
+                    &[below, cutoff_ms],
+                )
+                .await?;
                 Ok(total)
             }
 
@@ -892,46 +881,41 @@ macro_rules! chain_impl {
                 Ok(total)
             }
 
-            async fn delete_admin_audit_upto(&self, upto: i64) -> Result<u64, StoreError> {
+            /// Run `sql`, a DELETE whose last parameter is its chunk `LIMIT`,
+            /// until it deletes nothing: one chunk per statement (and per
+            /// retention guard), so no delete holds a giant transaction.
+            async fn delete_chunked(&self, sql: &str, binds: &[i64]) -> Result<u64, StoreError> {
                 let mut total = 0;
                 loop {
                     let _guard = self.retention_guard().await;
-                    let n = sqlx::query(
-                        "DELETE FROM admin_audit WHERE seq IN (SELECT seq FROM admin_audit \
-                         WHERE seq <= $1 ORDER BY seq LIMIT $2)",
-                    )
-                    .bind(upto)
-                    .bind(RETENTION_CHUNK)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+                    let mut q = sqlx::query(sql);
+                    for b in binds {
+                        q = q.bind(*b);
+                    }
+                    let n = q.bind(RETENTION_CHUNK).execute(&self.pool).await?.rows_affected();
                     total += n;
                     if n == 0 {
-                        break;
+                        return Ok(total);
                     }
                 }
-                Ok(total)
+            }
+
+            async fn delete_admin_audit_upto(&self, upto: i64) -> Result<u64, StoreError> {
+                self.delete_chunked(
+                    "DELETE FROM admin_audit WHERE seq IN (SELECT seq FROM admin_audit \
+                         WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+                    &[upto],
+                )
+                .await
             }
 
             async fn delete_stale_inventory(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
-                let mut total = 0;
-                loop {
-                    let _guard = self.retention_guard().await;
-                    let n = sqlx::query(
-                        "DELETE FROM inventory WHERE (device_id, kind, item_id) IN \
+                self.delete_chunked(
+                    "DELETE FROM inventory WHERE (device_id, kind, item_id) IN \
                          (SELECT device_id, kind, item_id FROM inventory WHERE last_seen < $1 LIMIT $2)",
-                    )
-                    .bind(cutoff_ms)
-                    .bind(RETENTION_CHUNK)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                    total += n;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                Ok(total)
+                    &[cutoff_ms],
+                )
+                .await
             }
 
             async fn delete_dead_tokens(&self, cutoff_ms: i64) -> Result<(u64, u64), StoreError> {
