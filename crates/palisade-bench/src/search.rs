@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: palisade-bench search [--events N] [--store sqlite|postgres] [--pg-url URL] \
                      [--runs R] [--sqlite-path FILE] [--pg-schema NAME]";
 const BATCH: usize = 2000;
+/// Seed batches being inserted at once.
+const SEED_INFLIGHT: usize = 4;
 const USERS: u64 = 2000;
 const DEVICES: u64 = 1000;
 const VOCAB: usize = 5000;
@@ -159,17 +161,28 @@ async fn run_store(name: &str, s: &Store, a: &Args) -> Result<Vec<Row>> {
         });
         let mut done = 0u64;
         let mut bytes = 0u64;
+        // Several batches in flight, as from several agents: the store's
+        // group committer commits them together, the way a fleet's uploads
+        // arrive.
+        let mut inflight = tokio::task::JoinSet::new();
         while let Some((device, batch)) = rx.recv().await {
             bytes += batch.iter().map(|e| e.json.len() as u64).sum::<u64>();
-            s.insert_events(&device, &batch).await?;
+            if inflight.len() >= SEED_INFLIGHT {
+                inflight.join_next().await.context("seed task")???;
+            }
+            let store = s.clone();
+            inflight.spawn(async move { store.insert_events(&device, &batch).await.map(|_| ()) });
             done += BATCH as u64;
-            if done % 100_000 == 0 {
+            if done % 500_000 == 0 {
                 println!(
                     "   {done} events, {:.0} ev/s, avg {} B/record",
                     done as f64 / t0.elapsed().as_secs_f64(),
                     bytes / done
                 );
             }
+        }
+        while let Some(r) = inflight.join_next().await {
+            r??;
         }
         generator.await??;
         let secs = t0.elapsed().as_secs_f64();

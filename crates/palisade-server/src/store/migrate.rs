@@ -85,6 +85,11 @@ pub(super) const POSTGRES: Embedded = &[
         "sessions",
         include_str!("../../migrations/postgres/0007_sessions.sql"),
     ),
+    (
+        8,
+        "time_seq_ingest",
+        include_str!("../../migrations/postgres/0008_time_seq_ingest.sql"),
+    ),
 ];
 
 #[derive(Debug)]
