@@ -195,7 +195,14 @@ async fn run_store(name: &str, s: &Store, a: &Args) -> Result<Vec<Row>> {
     let n = s.count_events().await?;
     println!("== [{name}] {n} events stored");
 
-    let mid = start + ChronoDuration::days(SPAN_DAYS / 2);
+    // One day in the middle of the times actually stored (a store seeded
+    // part-way, or in an earlier run, does not span today's 30 days).
+    let oldest = s.query_events(&EventFilter { after_seq: Some(0), limit: 1, ..f() }).await?;
+    let newest = s.query_events(&EventFilter { limit: 1, ..f() }).await?;
+    let mid = match (oldest.first(), newest.first()) {
+        (Some(a), Some(b)) => a.time + (b.time - a.time) / 2 - ChronoDuration::hours(12),
+        _ => start + ChronoDuration::days(SPAN_DAYS / 2),
+    };
     let common = words[50].clone();
     let rare = words[3000].clone();
     let queries: Vec<(&'static str, EventFilter)> = vec![

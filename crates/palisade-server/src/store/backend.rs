@@ -71,17 +71,12 @@ impl SqliteBackend {
             // FULL: a commit (and so an ack) survives power loss, not just a crash.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // Checkpoints run in `checkpointer`, off the ingest writer's
-            // commit (measured: 13% of the server's ingest CPU ran inside
-            // the commit that crossed the 1000-page threshold).
-            .pragma("wal_autocheckpoint", "0");
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .connect_with(opts)
             .await?;
         migrate::migrator(migrate::SQLITE).await?.run(&pool).await?;
-        tokio::spawn(checkpointer(pool.clone()));
         info!(path = %path.display(), "Opened SQLite store");
         let mut backend = Self {
             pool,
@@ -203,47 +198,8 @@ impl SqliteBackend {
     }
 }
 
-/// How often the WAL is checkpointed (and PostgreSQL's GIN pending list is
-/// merged) in the background.
-const BACKGROUND_MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-/// WAL frames (4 KiB pages) past which a checkpoint also makes the next
-/// writer start the WAL from its beginning, so the file stops growing.
-const WAL_RESTART_FRAMES: i64 = 65_536;
-
-/// Copy committed WAL pages into the database file, concurrently with the
-/// writer (`PASSIVE` never blocks it); when the WAL has grown large, a
-/// `RESTART` checkpoint waits for the writer (under the busy timeout) so the
-/// WAL is reused from its start. Ends when the pool is closed.
-async fn checkpointer(pool: SqlitePool) {
-    let mut warned = false;
-    loop {
-        tokio::time::sleep(BACKGROUND_MAINTENANCE_EVERY).await;
-        if pool.is_closed() {
-            return;
-        }
-        let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
-        let result = match passive {
-            Ok(row) => match row.try_get::<i64, _>(1) {
-                Ok(frames) if frames > WAL_RESTART_FRAMES => {
-                    sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&pool).await.map(|_| ())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => warned = false,
-            Err(_) if pool.is_closed() => return,
-            Err(error) => {
-                if !warned {
-                    tracing::warn!(%error, "SQLite WAL checkpoint failed; will retry");
-                    warned = true;
-                }
-            }
-        }
-    }
-}
+/// How often PostgreSQL's GIN pending list is merged in the background.
+const GIN_CLEAN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Merge the GIN index's pending list into the index on a pool connection
 /// (another PostgreSQL backend, so another core), instead of inside the
@@ -253,7 +209,7 @@ async fn checkpointer(pool: SqlitePool) {
 async fn gin_cleaner(pool: PgPool) {
     let mut warned = false;
     loop {
-        tokio::time::sleep(BACKGROUND_MAINTENANCE_EVERY).await;
+        tokio::time::sleep(GIN_CLEAN_EVERY).await;
         if pool.is_closed() {
             return;
         }
