@@ -124,8 +124,19 @@ impl SqliteBackend {
         Ok(ListingPlan { text: TextPlan::for_filter(f), time_first: false, seqs: None })
     }
 
-    fn push_seq_set(_qb: &mut QueryBuilder<'_, sqlx::Sqlite>, _seqs: &[i64]) {
-        unreachable!("SQLite plans never fetch a seq set first")
+    /// Only these seqs (SQLite's own plans never fetch a seq set first, but
+    /// the condition is still the right one, not a panic).
+    fn push_seq_set(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, seqs: &[i64]) {
+        if seqs.is_empty() {
+            qb.push(" AND 0 = 1");
+            return;
+        }
+        qb.push(" AND seq IN (");
+        let mut list = qb.separated(", ");
+        for seq in seqs {
+            list.push_bind(*seq);
+        }
+        qb.push(")");
     }
 
     /// Free text alone (newest first): FTS5 reads its doclist newest first
