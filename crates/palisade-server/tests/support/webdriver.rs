@@ -327,10 +327,15 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // The group this Browser started (chromedriver's pid is its id).
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.driver.id()))
-            .status();
+        // `-s KILL -- -<pgid>`, never `kill -KILL -<pgid>`: procps-ng 4.0.2
+        // reads the latter as `kill(-<first digit>)`, so a pid starting with
+        // 1 became kill(-1, SIGKILL) and ended every process on the machine.
+        let pgid = self.driver.id();
+        if pgid > 1 {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{pgid}")])
+                .status();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
