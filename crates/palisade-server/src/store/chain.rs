@@ -30,9 +30,11 @@
 //! recomputes and compares it while content is present).
 //!
 //! Appends are serialised: SQLite has one writer; on PostgreSQL the ingest
-//! transaction takes `pg_advisory_xact_lock(EVENT_CHAIN_LOCK)`, reads which
-//! ids are already stored (a retried batch gets no new link), links the rest
-//! from `chain_heads` and moves the head, all before commit.
+//! transaction takes `pg_advisory_xact_lock(EVENT_CHAIN_LOCK)`, links the
+//! batch from `chain_heads` and moves the head, all before commit. A retried
+//! batch gets no new link: when its INSERT stores fewer rows than were
+//! linked, the writer starts the transaction over with `lookup` (which ids
+//! are stored already) and links only the rest.
 //!
 //! # Checkpoints
 //! `chain_checkpoints` holds (chain, position, hash, time, hmac); the HMAC is
@@ -580,6 +582,26 @@ impl SqliteBackend {
     async fn retention_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         Some(self.write_lock.lock().await)
     }
+
+    /// Which of `ids` are stored already.
+    async fn stored_ids(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        let mut seen = HashSet::new();
+        for chunk in ids.chunks(super::INSERT_CHUNK_ROWS) {
+            let mut qb = QueryBuilder::<sqlx::Sqlite>::new("SELECT id FROM events WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut **tx).await? {
+                seen.insert(r.try_get::<Uuid, _>("id")?);
+            }
+        }
+        Ok(seen)
+    }
 }
 
 // === impl PgBackend ===
@@ -598,16 +620,37 @@ impl PgBackend {
     async fn retention_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         None
     }
+
+    /// Which of `ids` are stored already: one array parameter, one plan.
+    async fn stored_ids(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        let mut seen = HashSet::new();
+        if ids.is_empty() {
+            return Ok(seen);
+        }
+        for r in sqlx::query("SELECT id FROM events WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            seen.insert(r.try_get::<Uuid, _>("id")?);
+        }
+        Ok(seen)
+    }
 }
 
 macro_rules! chain_impl {
     ($backend:ty, $db:ty) => {
         impl $backend {
-            /// Lock the chain, read its head and which of the batch's ids are
-            /// already stored. Call inside the ingest transaction.
+            /// Lock the chain, read its head and, with `lookup`, which of the
+            /// batch's ids are already stored. Call inside the ingest
+            /// transaction.
             pub(super) async fn event_chain_begin(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 groups: &[(&str, &[NewEvent])],
+                lookup: bool,
             ) -> Result<ChainAppender, StoreError> {
                 Self::event_chain_lock(tx).await?;
                 let head = sqlx::query("SELECT position, hash FROM chain_heads WHERE chain = $1")
@@ -618,19 +661,12 @@ macro_rules! chain_impl {
                     Some(r) => (r.try_get::<i64, _>("position")?, r.try_get::<String, _>("hash")?),
                     None => (0, GENESIS.to_string()),
                 };
-                let mut seen = HashSet::new();
-                let ids: Vec<Uuid> = groups.iter().flat_map(|(_, e)| e.iter().map(|e| e.id)).collect();
-                for chunk in ids.chunks(super::INSERT_CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM events WHERE id IN (");
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(*id);
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&mut **tx).await? {
-                        seen.insert(r.try_get::<Uuid, _>("id")?);
-                    }
-                }
+                let seen = if lookup {
+                    let ids: Vec<Uuid> = groups.iter().flat_map(|(_, e)| e.iter().map(|e| e.id)).collect();
+                    Self::stored_ids(tx, &ids).await?
+                } else {
+                    HashSet::new()
+                };
                 Ok(ChainAppender { start: pos, pos, hash, seen })
             }
 

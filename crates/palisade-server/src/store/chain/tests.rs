@@ -168,6 +168,33 @@ async fn retried_batch_gets_no_link() {
     }
 }
 
+/// One group commit holding a retried batch (all stored), a half-stored one
+/// and a fresh device's batch: the optimistic INSERT falls short, the
+/// transaction starts over with the lookup, and only new rows get links, in
+/// group order.
+#[tokio::test]
+async fn group_with_retried_batches_links_only_new_rows() {
+    for (s, _g) in stores().await {
+        let old = batch(4);
+        assert_eq!(s.insert_events("d1", &old).await.unwrap(), 4);
+        let mut half = old[2..].to_vec();
+        let new_in_half = interaction(50);
+        half.push(new_in_half.clone());
+        let fresh = batch(3);
+        let groups: Vec<(&str, &[NewEvent])> = vec![("d1", &old), ("d1", &half), ("d2", &fresh)];
+        let counts = match &s {
+            Store::Sqlite(b) => b.insert_event_groups(&groups).await,
+            Store::Postgres(b) => b.insert_event_groups(&groups).await,
+        }
+        .unwrap();
+        assert_eq!(counts, vec![0, 1, 3], "{}", s.backend_name());
+        assert_eq!(pos_of(&s, new_in_half.id).await, 5);
+        assert_eq!(pos_of(&s, fresh[2].id).await, 8);
+        assert_eq!(verify(&s).await.unwrap().events, 8);
+        assert_eq!(s.count_events().await.unwrap(), 8);
+    }
+}
+
 #[tokio::test]
 async fn edited_content_is_named() {
     for (s, _g) in stores().await {
