@@ -159,6 +159,7 @@ function renderLogin(message) {
   const reason = {
     invalid_token: "That token is not valid (unknown or revoked). Check it and try again.",
     missing_token: "Paste an API token to sign in.",
+    too_many_attempts: "Too many failed sign-ins from this address. Wait a minute and try again.",
   }[params.get("error")];
   const error = message || reason;
   clear(app).appendChild(

@@ -23,6 +23,8 @@ pub const DEFAULT_POLICY_POLL_MS: u64 = 1000;
 pub const DEFAULT_DEVICE_CERT_DAYS: u32 = 365;
 pub const DEFAULT_EVENTS_PAGE_LIMIT: u32 = 1000;
 pub const DEFAULT_STREAM_RECHECK_MS: u64 = 30_000;
+/// Failed authentications audited one by one per client address and minute.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 100;
 pub const DEFAULT_FORWARD_POLL_MS: u64 = 500;
 pub const DEFAULT_FORWARD_MAX_BACKOFF_MS: u64 = 30_000;
 pub const DEFAULT_FORWARD_CONFIRM_TIMEOUT_MS: u64 = 30_000;
@@ -287,6 +289,11 @@ pub struct Limits {
     /// How often an open policy stream re-checks that its device is still
     /// enrolled and unrevoked (upload streams check on every batch).
     pub stream_recheck_ms: u64,
+    /// Failed authentications (bad or missing bearer token, refused console
+    /// sign-in) per client address and minute that are audited one by one;
+    /// beyond it they get 429 and are counted (see `admin/throttle.rs`).
+    /// 0 audits every one.
+    pub auth_failures_per_minute: u32,
 }
 
 // === impl ServerConfig ===
@@ -572,6 +579,7 @@ impl Default for Limits {
             policy_poll_ms: DEFAULT_POLICY_POLL_MS,
             events_page_limit: DEFAULT_EVENTS_PAGE_LIMIT,
             stream_recheck_ms: DEFAULT_STREAM_RECHECK_MS,
+            auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
         }
     }
 }

@@ -165,6 +165,7 @@ pub async fn run(
         limits: cfg.limits.clone(),
         audit: admin::audit::AuditLog::new(store.clone(), audit_key),
         forwarders,
+        auth_failures: admin::throttle::AuthFailures::new(cfg.limits.auth_failures_per_minute),
     });
     let admin = axum::serve(
         admin_listener,

@@ -812,3 +812,60 @@ async fn export_after_retention_carries_its_checkpoint() {
         srv.stop().await;
     }
 }
+
+/// Failed authentications past `limits.auth_failures_per_minute` from one
+/// address get 429 and are counted, not audited one by one (one entry says
+/// the address is throttled); a valid token from that address still works,
+/// and the console's sign-in says why it refused.
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_throttled_without_locking_out_valid_tokens() {
+    let srv = TestServer::start_with(|c| c.limits.auth_failures_per_minute = 3).await;
+    let store = Store::open(&srv.cfg).await.unwrap();
+    let before = all_entries(&store).await.len();
+    let bad = |n: usize| {
+        srv.http()
+            .get(srv.url("/api/v1/devices"))
+            .bearer_auth(format!("pal_admin_wrong{n}"))
+            .send()
+    };
+    for n in 0..3 {
+        assert_eq!(bad(n).await.unwrap().status(), 401);
+    }
+    for n in 3..10 {
+        let r = bad(n).await.unwrap();
+        assert_eq!(r.status(), 429);
+        let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&secs), "{secs}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("too many failed authentications"), "{v}");
+    }
+    // The throttle never refuses a valid token, even from that address.
+    let (s, v) = srv.admin(Method::GET, "/api/v1/devices", None).await;
+    assert_eq!(s, 200, "{v}");
+    // The console's sign-in is counted the same way and says why.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(srv.url("/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=pal_admin_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/?error=too_many_attempts");
+
+    let log = all_entries(&store).await;
+    let failures: Vec<_> = log[before..]
+        .iter()
+        .filter(|e| e.action == "login" && e.outcome == "failure")
+        .collect();
+    assert_eq!(failures.len(), 4, "3 audited one by one, then one that says throttled: {failures:?}");
+    assert_eq!(failures[3].details["throttled"], true);
+    assert_eq!(failures[3].details["limit_per_minute"], 3);
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(!text.contains("pal_admin_wrong"), "tokens never reach the log");
+    let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
+    assert_eq!(verify_store(&store, &key).await.unwrap().entries as usize, log.len());
+}

@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod policy;
 pub mod rbac;
 pub mod session;
+pub(crate) mod throttle;
 mod tokens;
 
 use crate::config::Limits;
@@ -48,6 +49,7 @@ pub(crate) struct AdminState {
     pub limits: Limits,
     pub audit: audit::AuditLog,
     pub forwarders: crate::forward::Forwarders,
+    pub auth_failures: throttle::AuthFailures,
 }
 
 /// The `/api/v1` router, plus the web console (`/`, `/console/*`).

@@ -10,6 +10,7 @@
 //! nor a query string (it may carry filters with personal data).
 
 use super::audit::{Action, ActorKind, NewAuditEntry, Outcome, MAX_FIELD_CHARS};
+use super::throttle::Verdict;
 use super::{session, AdminState, ApiError};
 use crate::store::AdminTokenIdentity;
 use crate::tokens::hash_token;
@@ -317,18 +318,11 @@ pub(crate) async fn authorize(
         let Some(token) = token else {
             let refusal =
                 json!({"reason": "no bearer token", "method": method.as_str(), "path": path});
-            record(
-                &state,
-                ActorKind::Token,
-                "anonymous",
-                Action::Login,
-                Outcome::Failure,
-                "endpoint",
-                &path,
-                &origin,
-                refusal,
-            )
-            .await;
+            if let Some(throttled) =
+                auth_failed(&state, "anonymous", "endpoint", &path, &origin, refusal).await
+            {
+                return throttled;
+            }
             return ApiError::new(StatusCode::UNAUTHORIZED, "bearer token required")
                 .into_response();
         };
@@ -338,18 +332,11 @@ pub(crate) async fn authorize(
                 warn!(path, "Admin API: invalid token");
                 let refusal =
                     json!({"reason": "invalid token", "method": method.as_str(), "path": path});
-                record(
-                    &state,
-                    ActorKind::Token,
-                    "unknown",
-                    Action::Login,
-                    Outcome::Failure,
-                    "endpoint",
-                    &path,
-                    &origin,
-                    refusal,
-                )
-                .await;
+                if let Some(throttled) =
+                    auth_failed(&state, "unknown", "endpoint", &path, &origin, refusal).await
+                {
+                    return throttled;
+                }
                 return ApiError::new(StatusCode::UNAUTHORIZED, "invalid token").into_response();
             }
             Err(e) => return ApiError::from(e).into_response(),
@@ -452,6 +439,77 @@ pub(crate) async fn authorize(
         .await;
     }
     response
+}
+
+/// A failed authentication (`details` says why): audited as a failed
+/// `login`, unless its address is throttled (see [`super::throttle`]); then
+/// the answer is 429 and only the first one over the limit is audited.
+/// `None`: audited, the caller answers as usual.
+pub(super) async fn auth_failed(
+    state: &AdminState,
+    actor_id: &str,
+    target_type: &str,
+    target_id: &str,
+    origin: &Origin,
+    mut details: Value,
+) -> Option<Response> {
+    match state.auth_failures.failed(origin.ip.as_deref()) {
+        Verdict::Audit { unaudited_before } => {
+            if unaudited_before > 0 {
+                if let Some(obj) = details.as_object_mut() {
+                    obj.insert("unaudited_failures_before".into(), json!(unaudited_before));
+                }
+            }
+            record(
+                state,
+                ActorKind::Token,
+                actor_id,
+                Action::Login,
+                Outcome::Failure,
+                target_type,
+                target_id,
+                origin,
+                details,
+            )
+            .await;
+            None
+        }
+        Verdict::Throttle {
+            first,
+            limit,
+            retry_after,
+        } => {
+            let secs = retry_after.as_secs().max(1);
+            if first {
+                warn!(ip = origin.ip.as_deref().unwrap_or("unknown"), limit, "Too many failed authentications; throttling the address");
+                if let Some(obj) = details.as_object_mut() {
+                    obj.insert("throttled".into(), json!(true));
+                    obj.insert("limit_per_minute".into(), json!(limit));
+                    obj.insert("throttled_for_seconds".into(), json!(secs));
+                }
+                record(
+                    state,
+                    ActorKind::Token,
+                    actor_id,
+                    Action::Login,
+                    Outcome::Failure,
+                    target_type,
+                    target_id,
+                    origin,
+                    details,
+                )
+                .await;
+            }
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed authentications from this address; retry in {secs} s"),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+            Some(resp)
+        }
+    }
 }
 
 /// Append one entry. A failure is logged, never turned into a different

@@ -17,7 +17,7 @@
 //! This module must never log or audit a token, a session id or a CSRF token.
 
 use super::audit::{Action, ActorKind, Outcome};
-use super::rbac::{record, Origin, Role};
+use super::rbac::{auth_failed, record, Origin, Role};
 use super::AdminState;
 use crate::store::SessionRecord;
 use crate::tokens::hash_token;
@@ -254,45 +254,43 @@ async fn login(State(s): State<Arc<AdminState>>, req: Request) -> Response {
             .and_then(|b| form_field(&b, "token")),
         Err(_) => None,
     };
+    // A refused sign-in is audited, or answered 429 once its address has
+    // failed too often (the console shows why).
     let fail = |reason: &'static str| {
         let origin = &origin;
         let s = &s;
         async move {
             warn!(reason, "Console sign-in refused");
-            record(
-                s,
-                ActorKind::Token,
-                "unknown",
-                Action::Login,
-                Outcome::Failure,
-                "console-session",
-                "",
-                origin,
-                json!({ "reason": reason }),
-            )
-            .await;
+            auth_failed(s, "unknown", "console-session", "", origin, json!({ "reason": reason }))
+                .await
+                .map(|_| redirect("/?error=too_many_attempts"))
         }
     };
     if let Some(why) = cross_site(&headers) {
-        fail(why).await;
+        if let Some(throttled) = fail(why).await {
+            return throttled;
+        }
         return (StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response();
     }
     let token = form.unwrap_or_default().trim().to_string();
     if token.is_empty() || token.len() > MAX_TOKEN_CHARS {
-        fail("no token given").await;
-        return redirect("/?error=missing_token");
+        return fail("no token given")
+            .await
+            .unwrap_or_else(|| redirect("/?error=missing_token"));
     }
     let identity = match s.store.admin_token_identity(&hash_token(&token)).await {
         Ok(Some(i)) => i,
         Ok(None) => {
-            fail("invalid token").await;
-            return redirect("/?error=invalid_token");
+            return fail("invalid token")
+                .await
+                .unwrap_or_else(|| redirect("/?error=invalid_token"));
         }
         Err(e) => return super::ApiError::from(e).into_response(),
     };
     if identity.role.parse::<Role>().is_err() {
-        fail("unknown role").await;
-        return redirect("/?error=invalid_token");
+        return fail("unknown role")
+            .await
+            .unwrap_or_else(|| redirect("/?error=invalid_token"));
     }
     let raw: [u8; 32] = rand::random();
     let session_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
