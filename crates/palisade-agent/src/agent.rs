@@ -120,7 +120,6 @@ impl Agent {
             &data_dir.join("spool.db"),
             SpoolOptions {
                 max_bytes: config.spool_max_bytes,
-                ..Default::default()
             },
         )
         .await?;

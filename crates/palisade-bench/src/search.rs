@@ -64,7 +64,7 @@ pub async fn main(mut argv: impl Iterator<Item = String>) -> Result<()> {
             _ => bail!("{USAGE}"),
         }
     }
-    if a.events < 20_000 || a.events % BATCH as u64 != 0 {
+    if a.events < 20_000 || !a.events.is_multiple_of(BATCH as u64) {
         bail!("--events: at least 20000 and a multiple of {BATCH}");
     }
     if a.runs < 3 {
@@ -173,7 +173,7 @@ async fn run_store(name: &str, s: &Store, a: &Args) -> Result<Vec<Row>> {
             let store = s.clone();
             inflight.spawn(async move { store.insert_events(&device, &batch).await.map(|_| ()) });
             done += BATCH as u64;
-            if done % 500_000 == 0 {
+            if done.is_multiple_of(500_000) {
                 println!(
                     "   {done} events, {:.0} ev/s, avg {} B/record",
                     done as f64 / t0.elapsed().as_secs_f64(),
@@ -377,7 +377,7 @@ fn record(i: u64, total: u64, start: DateTime<Utc>, words: &[String], rng: &mut 
             cached_input_tokens: Some(input / 3),
             reasoning_tokens: None,
         },
-        cost_usd: (rng.below(10) != 0).then(|| input as f64 * 2.5e-6),
+        cost_usd: (rng.below(10) != 0).then_some(input as f64 * 2.5e-6),
         policy: PolicyRef { decision, rule: None, version: 7 },
         findings,
         ..Default::default()

@@ -77,7 +77,7 @@ fn interaction(n: usize) -> NewEvent {
         app: Some("curl".into()),
         decision: Some("allow".into()),
         json: json.to_string(),
-        detectors: if n % 2 == 0 {
+        detectors: if n.is_multiple_of(2) {
             vec!["email".into()]
         } else {
             vec![]
