@@ -870,7 +870,9 @@ macro_rules! backend_impl {
     ($backend:ty, $db:ty, $lock_policies:literal) => {
         impl $backend {
             pub(super) async fn close(&self) {
-                self.pool.close().await
+                self.pool.close().await;
+                // PostgreSQL: the group committer's own connection.
+                self.writer_pool().close().await
             }
 
             fn device_from_row(row: &<$db as sqlx::Database>::Row) -> Result<DeviceRecord, StoreError> {
