@@ -453,26 +453,15 @@ pub(super) async fn auth_failed(
     origin: &Origin,
     mut details: Value,
 ) -> Option<Response> {
-    match state.auth_failures.failed(origin.ip.as_deref()) {
+    // Which failures are audited, and which are answered 429 (with how long).
+    let (audited, throttled_for) = match state.auth_failures.failed(origin.ip.as_deref()) {
         Verdict::Audit { unaudited_before } => {
             if unaudited_before > 0 {
                 if let Some(obj) = details.as_object_mut() {
                     obj.insert("unaudited_failures_before".into(), json!(unaudited_before));
                 }
             }
-            record(
-                state,
-                ActorKind::Token,
-                actor_id,
-                Action::Login,
-                Outcome::Failure,
-                target_type,
-                target_id,
-                origin,
-                details,
-            )
-            .await;
-            None
+            (true, None)
         }
         Verdict::Throttle {
             first,
@@ -487,29 +476,34 @@ pub(super) async fn auth_failed(
                     obj.insert("limit_per_minute".into(), json!(limit));
                     obj.insert("throttled_for_seconds".into(), json!(secs));
                 }
-                record(
-                    state,
-                    ActorKind::Token,
-                    actor_id,
-                    Action::Login,
-                    Outcome::Failure,
-                    target_type,
-                    target_id,
-                    origin,
-                    details,
-                )
-                .await;
             }
-            let mut resp = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many failed authentications from this address; retry in {secs} s"),
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
-            Some(resp)
+            (first, Some(secs))
         }
+    };
+    if audited {
+        record(
+            state,
+            ActorKind::Token,
+            actor_id,
+            Action::Login,
+            Outcome::Failure,
+            target_type,
+            target_id,
+            origin,
+            details,
+        )
+        .await;
     }
+    throttled_for.map(|secs| {
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed authentications from this address; retry in {secs} s"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        resp
+    })
 }
 
 /// Append one entry. A failure is logged, never turned into a different
