@@ -3,7 +3,7 @@
 //! token, and the store must never receive one.
 
 use crate::admin::rbac::Role;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditSeal, Store, StoreError};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -68,6 +68,27 @@ pub async fn create_enrollment_token(
     })
 }
 
+/// [`create_enrollment_token`] with its admin audit entry (given the new
+/// id) committed in the same transaction.
+pub async fn create_enrollment_token_audited(
+    store: &Store,
+    max_uses: u32,
+    expires_at: DateTime<Utc>,
+    note: Option<&str>,
+    seal: &AuditSeal<'_, String>,
+) -> Result<NewEnrollmentToken, StoreError> {
+    let token = generate(ENROLL_PREFIX);
+    let id = store
+        .create_enrollment_token_audited(&hash_token(token.expose()), max_uses, expires_at, note, seal)
+        .await?;
+    Ok(NewEnrollmentToken {
+        id,
+        token,
+        max_uses,
+        expires_at,
+    })
+}
+
 /// Create an admin API token with the `admin` role (e.g. the bootstrap token
 /// `palisade up` prints once).
 pub async fn create_admin_token(store: &Store, name: &str) -> Result<RawToken, StoreError> {
@@ -83,7 +104,22 @@ pub async fn create_admin_token_with_role(
 ) -> Result<(String, RawToken), StoreError> {
     let token = generate(ADMIN_PREFIX);
     let id = store
-        .create_admin_token_with_role(&hash_token(token.expose()), name, role.as_str())
+        .create_admin_token_with_role(&hash_token(token.expose()), name, role.as_str(), None)
+        .await?;
+    Ok((id, token))
+}
+
+/// [`create_admin_token_with_role`] with its admin audit entry (given the
+/// new id) committed in the same transaction.
+pub async fn create_admin_token_audited(
+    store: &Store,
+    name: &str,
+    role: Role,
+    seal: &AuditSeal<'_, String>,
+) -> Result<(String, RawToken), StoreError> {
+    let token = generate(ADMIN_PREFIX);
+    let id = store
+        .create_admin_token_with_role(&hash_token(token.expose()), name, role.as_str(), Some(seal))
         .await?;
     Ok((id, token))
 }

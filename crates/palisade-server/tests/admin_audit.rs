@@ -415,6 +415,13 @@ impl Db {
         }
     }
 
+    async fn count(&self, sql: &str) -> i64 {
+        if let Some(p) = &self.sqlite {
+            return sqlx::query_scalar(sql).fetch_one(p).await.unwrap();
+        }
+        sqlx::query_scalar(sql).fetch_one(self.pg.as_ref().unwrap()).await.unwrap()
+    }
+
     /// Put the log back exactly as it was.
     async fn restore(&self, rows: &[AdminAuditRow]) {
         self.exec("DELETE FROM admin_audit").await;
@@ -868,4 +875,122 @@ async fn a_flood_of_bad_tokens_is_throttled_without_locking_out_valid_tokens() {
     assert!(!text.contains("pal_admin_wrong"), "tokens never reach the log");
     let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
     assert_eq!(verify_store(&store, &key).await.unwrap().entries as usize, log.len());
+}
+
+/// The admin audit table refuses every insert (as a full disk or a broken
+/// constraint would), directly in the database.
+async fn break_audit_inserts(db: &Db) {
+    if db.pg.is_some() {
+        db.exec(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'audit storage unavailable'; END $$",
+        )
+        .await;
+        db.exec(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON admin_audit \
+             FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+        )
+        .await;
+    } else {
+        db.exec(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON admin_audit \
+             BEGIN SELECT RAISE(ABORT, 'audit storage unavailable'); END",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_whose_audit_entry_cannot_be_written_is_not_made() {
+    for srv in servers().await {
+        let pg = srv.cfg.store.postgres_url.is_some();
+        // Something to revoke and to approve.
+        let device = srv.enroll_new("hw-audit-atomic").await;
+        let mut clients = srv.clients(&device).await;
+        clients
+            .inventory
+            .report(palisade_proto::InventoryReport {
+                items: vec![palisade_proto::InventoryItem {
+                    kind: palisade_proto::INVENTORY_KIND_APP.into(),
+                    id: "cursor".into(),
+                    name: "Cursor".into(),
+                    details_json: b"{}".to_vec(),
+                }],
+                full_snapshot: true,
+                observed_at_unix_ms: 0,
+            })
+            .await
+            .unwrap();
+        let (s, made) = srv
+            .admin(Method::POST, "/api/v1/tokens", Some(json!({"name": "keeper", "role": "viewer"})))
+            .await;
+        assert_eq!(s, 201, "{made}");
+        let keeper = made["token"].as_str().unwrap().to_string();
+        let keeper_id = made["id"].as_str().unwrap().to_string();
+        let (_, before_policy) = srv.admin(Method::GET, "/api/v1/policy", None).await;
+        let store = Store::open(&srv.cfg).await.unwrap();
+        let key = AuditKey::load(&AuditKey::default_path(&srv.cfg)).unwrap();
+        let log_before = all_entries(&store).await.len();
+
+        let db = Db::open(&srv.cfg).await;
+        break_audit_inserts(&db).await;
+        let doc = before_policy["document"].clone();
+        let approve = "/api/v1/approvals/app/cursor/approve";
+        let revoke_device = format!("/api/v1/devices/{}/revoke", device.id);
+        let revoke_token = format!("/api/v1/tokens/{keeper_id}/revoke");
+        let attempts: Vec<(Method, &str, Option<Value>)> = vec![
+            (Method::PUT, "/api/v1/policy", Some(doc)),
+            (Method::POST, "/api/v1/tokens", Some(json!({"name": "ghost", "role": "admin"}))),
+            (Method::POST, "/api/v1/enrollment-tokens", Some(json!({}))),
+            (Method::POST, &revoke_device, None),
+            (Method::POST, &revoke_token, None),
+            (Method::POST, approve, Some(json!({}))),
+        ];
+        for (method, path, body) in attempts {
+            let (s, v) = srv.admin(method.clone(), path, body).await;
+            assert_eq!(s, 503, "{method} {path} (pg: {pg}) must fail without its entry: {v}");
+        }
+
+        // Nothing changed: no policy version, no token, no revocation, no
+        // decision; the kept token still works.
+        let (_, policy) = srv.admin(Method::GET, "/api/v1/policy", None).await;
+        assert_eq!(policy["version"], before_policy["version"], "pg: {pg}");
+        let (_, tokens) = srv.admin(Method::GET, "/api/v1/tokens", None).await;
+        let names: Vec<&str> = tokens["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(!names.contains(&"ghost"), "pg: {pg}: {tokens}");
+        let (_, devices) = srv.admin(Method::GET, "/api/v1/devices", None).await;
+        assert_eq!(devices["devices"][0]["revoked"], false, "pg: {pg}: {devices}");
+        let (_, item) = srv.admin(Method::GET, "/api/v1/approvals/app/cursor", None).await;
+        assert_eq!(item["status"], "pending", "pg: {pg}: {item}");
+        let r = srv
+            .http()
+            .get(srv.url("/api/v1/devices"))
+            .bearer_auth(&keeper)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "pg: {pg}");
+        // Only the token the device enrolled with.
+        assert_eq!(db.count("SELECT COUNT(*) FROM enrollment_tokens").await, 1, "pg: {pg}");
+        assert_eq!(all_entries(&store).await.len(), log_before);
+
+        // Once entries can be written again, the same change goes through
+        // with exactly one entry, and the log verifies.
+        db.exec(if pg { "DROP TRIGGER refuse_audit ON admin_audit" } else { "DROP TRIGGER refuse_audit" })
+            .await;
+        let (s, v) = srv.admin(Method::POST, approve, Some(json!({}))).await;
+        assert_eq!(s, 200, "{v}");
+        let log = all_entries(&store).await;
+        assert_eq!(log.len(), log_before + 1);
+        assert_eq!((log[log_before].action.as_str(), log[log_before].outcome.as_str()), ("approve", "success"));
+        assert_eq!(log[log_before].details["name"], "Cursor");
+        assert!(verify_store(&store, &key).await.is_ok());
+        store.close().await;
+        srv.stop().await;
+    }
 }

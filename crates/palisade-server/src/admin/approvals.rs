@@ -9,10 +9,11 @@
 //! audit entry for each decision is written by the `rbac` middleware from
 //! the [`AuditNote`] attached to the response.
 
-use super::rbac::{AuditNote, Principal};
+use super::rbac::{AuditNote, AuditScope, AuditSealed, Principal};
 use super::{AdminState, ApiError};
 use crate::store::{
     CatalogDetail, CatalogEntry, CatalogFilter, CatalogKind, CatalogStatus, DecideOutcome,
+    DecisionSummary,
     StoreError,
 };
 use axum::extract::{Path, Query, State};
@@ -287,24 +288,27 @@ fn parse_body(body: &str) -> Result<DecisionBody, ApiError> {
 async fn approve(
     state: State<Arc<AdminState>>,
     actor: Extension<Principal>,
+    scope: Extension<AuditScope>,
     path: Path<(String, String)>,
     body: String,
 ) -> Result<Response, ApiError> {
-    decide(state, actor, path, body, CatalogStatus::Approved).await
+    decide(state, actor, scope, path, body, CatalogStatus::Approved).await
 }
 
 async fn deny(
     state: State<Arc<AdminState>>,
     actor: Extension<Principal>,
+    scope: Extension<AuditScope>,
     path: Path<(String, String)>,
     body: String,
 ) -> Result<Response, ApiError> {
-    decide(state, actor, path, body, CatalogStatus::Denied).await
+    decide(state, actor, scope, path, body, CatalogStatus::Denied).await
 }
 
 async fn decide(
     State(s): State<Arc<AdminState>>,
     Extension(actor): Extension<Principal>,
+    Extension(scope): Extension<AuditScope>,
     Path((kind, id)): Path<(String, String)>,
     body: String,
     status: CatalogStatus,
@@ -318,9 +322,25 @@ async fn decide(
     };
     let note = body.note.as_deref();
     let edit = |doc: Option<&str>| apply_decision(doc, kind, &id, decision, note);
+    let seal = s.audit.sealer(|d: &DecisionSummary| {
+        Some(scope.entry(
+            StatusCode::OK,
+            AuditNote {
+                target_id: Some(id.clone()),
+                details: json!({
+                    "kind": api_kind(kind),
+                    "name": d.name,
+                    "status": status.as_str(),
+                    "note": note,
+                    "changed": d.changed,
+                    "policy_version": d.policy_version,
+                }),
+            },
+        ))
+    });
     let outcome = s
         .store
-        .decide_catalog(kind, &id, status, note, &actor.name, &edit)
+        .decide_catalog_audited(kind, &id, status, note, &actor.name, &edit, &seal)
         .await
         .map_err(|e| match e {
             StoreError::Corrupt(reason) => {
@@ -363,18 +383,7 @@ async fn decide(
         obj.insert("changed".into(), json!(changed));
         obj.insert("published".into(), json!(published));
     }
-    let audit = AuditNote {
-        target_id: Some(id.clone()),
-        details: json!({
-            "kind": api_kind(kind),
-            "name": entry.name,
-            "status": status.as_str(),
-            "note": note,
-            "changed": changed,
-            "policy_version": policy_version,
-        }),
-    };
-    Ok((Extension(audit), Json(v)).into_response())
+    Ok((Extension(AuditSealed), Json(v)).into_response())
 }
 
 #[cfg(test)]

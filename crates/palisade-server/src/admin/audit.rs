@@ -568,6 +568,58 @@ pub fn verify(entries: &[AuditEntry], key: &AuditKey) -> Result<VerifyReport, Ve
 
 // === impl AuditLog ===
 
+/// The finished row for `new` on top of `head`: seq, time, hashes, HMAC.
+fn seal_row(key: &AuditKey, new: &NewAuditEntry, time: DateTime<Utc>, head: Option<AuditHead>) -> AdminAuditRow {
+    let new = new.clone();
+    let details = canonical_json(&new.details);
+        let (seq, prev_hash) = match head {
+            Some(h) => (h.seq + 1, h.hash),
+            None => (1, GENESIS_HASH.to_string()),
+        };
+        let mut entry = AuditEntry {
+            seq,
+            time: Utc
+                .timestamp_millis_opt(time.timestamp_millis())
+                .single()
+                .unwrap_or(time),
+            actor: Actor {
+                kind: new.actor_kind.as_str().into(),
+                id: truncate(&new.actor_id),
+            },
+            action: new.action.as_str().into(),
+            outcome: new.outcome.as_str().into(),
+            target: Target {
+                kind: truncate(&new.target_type),
+                id: truncate(&new.target_id),
+            },
+            ip: new.ip.as_deref().map(truncate),
+            user_agent: new.user_agent.as_deref().map(truncate),
+            details: new.details,
+            prev_hash,
+            hash: String::new(),
+            hmac: String::new(),
+        };
+        entry.hash = entry.compute_hash();
+        // The hash is always 64 hex chars, so signing cannot fail.
+        entry.hmac = key.sign(&entry.hash).unwrap_or_default();
+        AdminAuditRow {
+            seq: entry.seq,
+            time_ms: entry.time.timestamp_millis(),
+            actor_kind: entry.actor.kind,
+            actor_id: entry.actor.id,
+            action: entry.action,
+            outcome: entry.outcome,
+            target_type: entry.target.kind,
+            target_id: entry.target.id,
+            ip: entry.ip,
+            user_agent: entry.user_agent,
+            details,
+            prev_hash: entry.prev_hash,
+            hash: entry.hash,
+            hmac: entry.hmac,
+        }
+}
+
 /// The server's single writer of the admin audit log.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -592,59 +644,23 @@ impl AuditLog {
         let _one_writer = self.writer.lock().await;
         let key = self.key.clone();
         let time = Utc::now();
-        let details = canonical_json(&new.details);
         let row = self
             .store
-            .append_admin_audit(move |head| {
-                let (seq, prev_hash) = match head {
-                    Some(h) => (h.seq + 1, h.hash),
-                    None => (1, GENESIS_HASH.to_string()),
-                };
-                let mut entry = AuditEntry {
-                    seq,
-                    time: Utc
-                        .timestamp_millis_opt(time.timestamp_millis())
-                        .single()
-                        .unwrap_or(time),
-                    actor: Actor {
-                        kind: new.actor_kind.as_str().into(),
-                        id: truncate(&new.actor_id),
-                    },
-                    action: new.action.as_str().into(),
-                    outcome: new.outcome.as_str().into(),
-                    target: Target {
-                        kind: truncate(&new.target_type),
-                        id: truncate(&new.target_id),
-                    },
-                    ip: new.ip.as_deref().map(truncate),
-                    user_agent: new.user_agent.as_deref().map(truncate),
-                    details: new.details,
-                    prev_hash,
-                    hash: String::new(),
-                    hmac: String::new(),
-                };
-                entry.hash = entry.compute_hash();
-                // The hash is always 64 hex chars, so signing cannot fail.
-                entry.hmac = key.sign(&entry.hash).unwrap_or_default();
-                AdminAuditRow {
-                    seq: entry.seq,
-                    time_ms: entry.time.timestamp_millis(),
-                    actor_kind: entry.actor.kind,
-                    actor_id: entry.actor.id,
-                    action: entry.action,
-                    outcome: entry.outcome,
-                    target_type: entry.target.kind,
-                    target_id: entry.target.id,
-                    ip: entry.ip,
-                    user_agent: entry.user_agent,
-                    details,
-                    prev_hash: entry.prev_hash,
-                    hash: entry.hash,
-                    hmac: entry.hmac,
-                }
-            })
+            .append_admin_audit(move |head| seal_row(&key, &new, time, head))
             .await?;
         Ok(AuditEntry::from_row(&row))
+    }
+
+    /// A seal for an admin mutation's own store transaction
+    /// ([`crate::store::AuditSeal`]): `entry` turns the mutation's result
+    /// into its entry (`None`: no entry), which is sealed onto the head the
+    /// transaction reads under the chain lock.
+    pub fn sealer<'a, T>(
+        &self,
+        entry: impl Fn(&T) -> Option<NewAuditEntry> + Send + Sync + 'a,
+    ) -> impl Fn(Option<AuditHead>, &T) -> Option<AdminAuditRow> + Send + Sync + 'a {
+        let key = self.key.clone();
+        move |head, result| entry(result).map(|new| seal_row(&key, &new, Utc::now(), head))
     }
 
     pub fn store(&self) -> &Store {

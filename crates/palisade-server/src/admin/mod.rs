@@ -23,8 +23,8 @@ mod tokens;
 use crate::config::Limits;
 use crate::policy_bus::PolicyBus;
 use crate::store::{DeviceRecord, Store, StoreError};
-use crate::tokens::{create_admin_token_with_role, create_enrollment_token};
-use rbac::{AuditNote, Principal, Role};
+use crate::tokens::{create_admin_token_audited, create_enrollment_token_audited};
+use rbac::{AuditNote, AuditScope, AuditSealed, Principal, Role};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -131,6 +131,7 @@ async fn get_policy(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, Api
 async fn put_policy(
     State(s): State<Arc<AdminState>>,
     Extension(actor): Extension<Principal>,
+    Extension(scope): Extension<AuditScope>,
     body: String,
 ) -> Result<Response, ApiError> {
     let policy = Policy::from_json(&body)
@@ -138,16 +139,21 @@ async fn put_policy(
     check_guardrails(&policy)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let doc = serde_json::to_string(&policy).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let version = s.store.insert_policy(&doc, &actor.name).await?;
+    let seal = s.audit.sealer(|version: &u64| {
+        Some(scope.entry(
+            StatusCode::OK,
+            AuditNote {
+                target_id: Some(version.to_string()),
+                details: json!({ "version": version }),
+            },
+        ))
+    });
+    let version = s.store.insert_policy_audited(&doc, &actor.name, &seal).await?;
     info!(version, author = %actor.name, "Policy published");
     if let Err(error) = s.bus.refresh().await {
         warn!(%error, "Policy stored but not yet published locally; the poll will pick it up");
     }
-    let note = AuditNote {
-        target_id: Some(version.to_string()),
-        details: json!({ "version": version }),
-    };
-    Ok((Extension(note), Json(json!({ "version": version }))).into_response())
+    Ok((Extension(AuditSealed), Json(json!({ "version": version }))).into_response())
 }
 
 /// Compile the guardrails exactly as agents will (request and response
@@ -188,23 +194,44 @@ async fn list_devices(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, A
 async fn revoke_device(
     State(s): State<Arc<AdminState>>,
     Extension(actor): Extension<Principal>,
+    Extension(scope): Extension<AuditScope>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let reason = format!("revoked by {}", actor.name);
-    if s.store.revoke_device(&id, &reason).await? {
-        info!(device_id = %id, actor = %actor.name, "Device revoked");
-    } else if s.store.get_device(&id).await?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no device {id}"),
-        ));
+    // An unknown device gets no entry here: the middleware audits the 404.
+    let seal = s.audit.sealer(|result: &Option<bool>| {
+        result.map(|newly| {
+            scope.entry(
+                StatusCode::OK,
+                AuditNote {
+                    target_id: None,
+                    details: json!({ "already_revoked": !newly }),
+                },
+            )
+        })
+    });
+    match s.store.revoke_device_audited(&id, &reason, &seal).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no device {id}"),
+            ))
+        }
+        Some(true) => info!(device_id = %id, actor = %actor.name, "Device revoked"),
+        Some(false) => {}
     }
-    let d = s
-        .store
-        .get_device(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "gone"))?;
-    Ok(Json(device_json(&d)))
+    // The revocation and its entry are committed: this answer is sealed
+    // whatever the read below says.
+    let body = match s.store.get_device(&id).await {
+        Ok(Some(d)) => device_json(&d),
+        Ok(None) => json!({ "id": id, "revoked": true }),
+        Err(e) => {
+            let mut resp = ApiError::from(e).into_response();
+            resp.extensions_mut().insert(AuditSealed);
+            return Ok(resp);
+        }
+    };
+    Ok((Extension(AuditSealed), Json(body)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +255,7 @@ fn default_ttl() -> i64 {
 async fn new_enrollment_token(
     State(s): State<Arc<AdminState>>,
     Extension(actor): Extension<Principal>,
+    Extension(scope): Extension<AuditScope>,
     body: String,
 ) -> Result<Response, ApiError> {
     let body = if body.trim().is_empty() {
@@ -250,16 +278,27 @@ async fn new_enrollment_token(
         return Err(ApiError::bad_request(problems.join("; ")));
     }
     let expires_at = Utc::now() + ChronoDuration::seconds(req.ttl_seconds);
-    let t =
-        create_enrollment_token(&s.store, req.max_uses, expires_at, req.note.as_deref()).await?;
+    let seal = s.audit.sealer(|id: &String| {
+        Some(scope.entry(
+            StatusCode::CREATED,
+            AuditNote {
+                target_id: Some(id.clone()),
+                details: json!({ "max_uses": req.max_uses, "expires_at": expires_at }),
+            },
+        ))
+    });
+    let t = create_enrollment_token_audited(
+        &s.store,
+        req.max_uses,
+        expires_at,
+        req.note.as_deref(),
+        &seal,
+    )
+    .await?;
     info!(token_id = %t.id, max_uses = t.max_uses, actor = %actor.name, "Enrollment token created");
-    let note = AuditNote {
-        target_id: Some(t.id.clone()),
-        details: json!({ "max_uses": t.max_uses, "expires_at": t.expires_at }),
-    };
     Ok((
         StatusCode::CREATED,
-        Extension(note),
+        Extension(AuditSealed),
         Json(json!({
             "id": t.id,
             "token": t.token.expose(),
@@ -284,6 +323,7 @@ struct NewAdminTokenRequest {
 async fn new_admin_token(
     State(s): State<Arc<AdminState>>,
     Extension(actor): Extension<Principal>,
+    Extension(scope): Extension<AuditScope>,
     body: String,
 ) -> Result<Response, ApiError> {
     let req: NewAdminTokenRequest =
@@ -306,15 +346,20 @@ async fn new_admin_token(
     let Some(role) = role.filter(|_| problems.is_empty()) else {
         return Err(ApiError::bad_request(problems.join("; ")));
     };
-    let (id, token) = create_admin_token_with_role(&s.store, name, role).await?;
+    let seal = s.audit.sealer(|id: &String| {
+        Some(scope.entry(
+            StatusCode::CREATED,
+            AuditNote {
+                target_id: Some(id.clone()),
+                details: json!({ "name": name, "role": role.as_str() }),
+            },
+        ))
+    });
+    let (id, token) = create_admin_token_audited(&s.store, name, role, &seal).await?;
     info!(token_id = %id, role = role.as_str(), actor = %actor.name, "Admin token created");
-    let note = AuditNote {
-        target_id: Some(id.clone()),
-        details: json!({ "name": name, "role": role.as_str() }),
-    };
     Ok((
         StatusCode::CREATED,
-        Extension(note),
+        Extension(AuditSealed),
         Json(json!({ "id": id, "name": name, "role": role.as_str(), "token": token.expose() })),
     )
         .into_response())

@@ -187,6 +187,65 @@ pub struct AuditNote {
     pub details: Value,
 }
 
+/// The audit entry an allowed, audited call gets (request extension). A
+/// handler that changes something builds the entry with [`AuditScope::entry`],
+/// seals it into the change's own store transaction (see
+/// [`super::audit::AuditLog::sealer`]) and answers with [`AuditSealed`]: the
+/// change and its entry then commit together or not at all. For every other
+/// answer (an error, a read such as an export) the middleware writes the
+/// entry after the call.
+#[derive(Debug, Clone)]
+pub struct AuditScope {
+    actor: String,
+    token_id: String,
+    role: Role,
+    via: &'static str,
+    action: Action,
+    target_type: String,
+    target_id: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// Response extension: the handler sealed this call's audit entry into its
+/// own transaction, so the middleware writes none.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditSealed;
+
+impl AuditScope {
+    /// The entry for this call answered with `status`, summarised by `note`.
+    pub fn entry(&self, status: StatusCode, note: AuditNote) -> NewAuditEntry {
+        let mut details = match note.details {
+            Value::Object(map) => Value::Object(map),
+            Value::Null => json!({}),
+            other => json!({ "summary": other }),
+        };
+        if let Some(obj) = details.as_object_mut() {
+            obj.insert("status".into(), json!(status.as_u16()));
+            obj.insert("caller_role".into(), json!(self.role.as_str()));
+            obj.insert("caller_token_id".into(), json!(self.token_id));
+            if self.via == "session" {
+                obj.insert("via".into(), json!(self.via));
+            }
+        }
+        NewAuditEntry {
+            actor_kind: ActorKind::Token,
+            actor_id: self.actor.clone(),
+            action: self.action,
+            outcome: if status.is_success() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+            target_type: self.target_type.clone(),
+            target_id: note.target_id.unwrap_or_else(|| self.target_id.clone()),
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+            details,
+        }
+    }
+}
+
 /// Where the call came from.
 pub(super) struct Origin {
     pub(super) ip: Option<String>,
@@ -395,48 +454,30 @@ pub(crate) async fn authorize(
         name: identity.name.clone(),
         role,
     });
+    let scope = AuditScope {
+        actor: identity.name,
+        token_id: identity.id,
+        role,
+        via,
+        action,
+        target_type,
+        target_id,
+        ip: origin.ip,
+        user_agent: origin.user_agent,
+    };
+    req.extensions_mut().insert(scope.clone());
     let response = next.run(req).await;
     // A handler may refuse too (e.g. a search the role may not run): every
     // 403 becomes an audit entry, whether or not the route is audited.
     let refused_by_handler = response.status() == StatusCode::FORBIDDEN;
-    if matches!(m.rule.audit, Audit::Yes { .. }) || refused_by_handler {
-        let status = response.status();
+    let sealed = response.extensions().get::<AuditSealed>().is_some();
+    if (matches!(m.rule.audit, Audit::Yes { .. }) || refused_by_handler) && !sealed {
         let note = response
             .extensions()
             .get::<AuditNote>()
             .cloned()
             .unwrap_or_default();
-        let mut details = match note.details {
-            Value::Object(map) => Value::Object(map),
-            Value::Null => json!({}),
-            other => json!({ "summary": other }),
-        };
-        if let Some(obj) = details.as_object_mut() {
-            obj.insert("status".into(), json!(status.as_u16()));
-            obj.insert("caller_role".into(), json!(role.as_str()));
-            obj.insert("caller_token_id".into(), json!(identity.id));
-            if via == "session" {
-                obj.insert("via".into(), json!(via));
-            }
-        }
-        let target_id = note.target_id.unwrap_or(target_id);
-        let outcome = if status.is_success() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        };
-        record(
-            &state,
-            ActorKind::Token,
-            &identity.name,
-            action,
-            outcome,
-            &target_type,
-            &target_id,
-            &origin,
-            details,
-        )
-        .await;
+        append(&state, scope.entry(response.status(), note)).await;
     }
     response
 }
@@ -531,6 +572,12 @@ pub(super) async fn record(
         user_agent: origin.user_agent.clone(),
         details,
     };
+    append(state, entry).await;
+}
+
+/// Append one finished entry; a failure is logged (see [`record`]).
+async fn append(state: &AdminState, entry: NewAuditEntry) {
+    let (action, target_type) = (entry.action, entry.target_type.clone());
     if let Err(error) = state.audit.append(entry).await {
         error!(%error, action = action.as_str(), target_type, "Admin audit entry NOT written");
     }

@@ -16,7 +16,7 @@
 //!
 //! This module must never log or audit a token, a session id or a CSRF token.
 
-use super::audit::{Action, ActorKind, Outcome};
+use super::audit::{Action, ActorKind, NewAuditEntry, Outcome};
 use super::rbac::{auth_failed, record, Origin, Role};
 use super::AdminState;
 use crate::store::SessionRecord;
@@ -303,6 +303,21 @@ async fn login(State(s): State<Arc<AdminState>>, req: Request) -> Response {
     {
         warn!(%error, "Could not purge old console sessions");
     }
+    // The session and its sign-in entry commit together: no session
+    // exists that the log does not show.
+    let seal = s.audit.sealer(|_: &()| {
+        Some(NewAuditEntry {
+            actor_kind: ActorKind::Token,
+            actor_id: identity.name.clone(),
+            action: Action::Login,
+            outcome: Outcome::Success,
+            target_type: "console-session".into(),
+            target_id: public_id.clone(),
+            ip: origin.ip.clone(),
+            user_agent: origin.user_agent.clone(),
+            details: json!({ "caller_role": identity.role, "caller_token_id": identity.id }),
+        })
+    });
     if let Err(e) = s
         .store
         .create_session(
@@ -310,24 +325,13 @@ async fn login(State(s): State<Arc<AdminState>>, req: Request) -> Response {
             &public_id,
             &identity.id,
             now + SESSION_MAX_AGE_SECS * 1000,
+            Some(&seal),
         )
         .await
     {
         return super::ApiError::from(e).into_response();
     }
     info!(session = %public_id, token = %identity.name, role = %identity.role, "Console sign-in");
-    record(
-        &s,
-        ActorKind::Token,
-        &identity.name,
-        Action::Login,
-        Outcome::Success,
-        "console-session",
-        &public_id,
-        &origin,
-        json!({ "caller_role": identity.role, "caller_token_id": identity.id }),
-    )
-    .await;
     let mut resp = redirect("/");
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -377,22 +381,27 @@ async fn logout(State(s): State<Arc<AdminState>>, req: Request) -> Response {
         )
             .into_response();
     }
-    if let Err(e) = s.store.delete_session(&hash_token(&session_id)).await {
+    let seal = s.audit.sealer(|_: &Option<String>| {
+        Some(NewAuditEntry {
+            actor_kind: ActorKind::Token,
+            actor_id: session.token_name.clone(),
+            action: Action::Delete,
+            outcome: Outcome::Success,
+            target_type: "console-session".into(),
+            target_id: session.public_id.clone(),
+            ip: origin.ip.clone(),
+            user_agent: origin.user_agent.clone(),
+            details: json!({ "reason": "sign-out" }),
+        })
+    });
+    if let Err(e) = s
+        .store
+        .delete_session(&hash_token(&session_id), Some(&seal))
+        .await
+    {
         return super::ApiError::from(e).into_response();
     }
     info!(session = %session.public_id, token = %session.token_name, "Console sign-out");
-    record(
-        &s,
-        ActorKind::Token,
-        &session.token_name,
-        Action::Delete,
-        Outcome::Success,
-        "console-session",
-        &session.public_id,
-        &origin,
-        json!({ "reason": "sign-out" }),
-    )
-    .await;
     let mut resp = (StatusCode::OK, Json(json!({ "signed_out": true }))).into_response();
     resp.headers_mut()
         .insert(header::SET_COOKIE, cookie("", 0, secure(&headers)));

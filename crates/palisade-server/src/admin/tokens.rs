@@ -2,7 +2,7 @@
 //! or a secret), `POST /api/v1/tokens/{id}/revoke` revokes one at once.
 //! Creating a token lives with the other creators in the parent module.
 
-use super::rbac::{AuditNote, Principal};
+use super::rbac::{AuditNote, AuditScope, AuditSealed, Principal};
 use super::{AdminState, ApiError};
 use crate::store::AdminTokenInfo;
 use axum::extract::{Path, State};
@@ -39,19 +39,28 @@ async fn list(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError>
 async fn revoke(
     State(s): State<Arc<AdminState>>,
     Extension(actor): Extension<Principal>,
+    Extension(scope): Extension<AuditScope>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match s.store.revoke_admin_token(&id).await? {
+    // An unknown token gets no entry here: the middleware audits the 404.
+    let seal = s.audit.sealer(|result: &Option<bool>| {
+        result.map(|newly| {
+            scope.entry(
+                StatusCode::OK,
+                AuditNote {
+                    target_id: Some(id.clone()),
+                    details: json!({ "already_revoked": !newly }),
+                },
+            )
+        })
+    });
+    match s.store.revoke_admin_token(&id, Some(&seal)).await? {
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no admin token {id}"))),
         Some(newly) => {
             if newly {
                 info!(token_id = %id, actor = %actor.name, "Admin token revoked");
             }
-            let note = AuditNote {
-                target_id: Some(id.clone()),
-                details: json!({ "already_revoked": !newly }),
-            };
-            Ok((Extension(note), Json(json!({ "id": id, "revoked": true }))).into_response())
+            Ok((Extension(AuditSealed), Json(json!({ "id": id, "revoked": true }))).into_response())
         }
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! The hashing and signing happen in the caller's `seal` closure
 //! (`admin::audit`), so this module knows SQL and nothing about the chain
-//! format. It must never receive or store a raw token, and never update or
+//! format. An admin mutation (a policy, a token, a revocation, a decision)
+//! appends its entry inside its own transaction through an [`AuditSeal`]:
+//! the change and its entry commit together or not at all. It must never receive or store a raw token, and never update or
 //! delete an audit row (retention with signed checkpoints is a later step).
 
 use super::{PgBackend, SqliteBackend, Store, StoreError};
@@ -19,6 +21,14 @@ use uuid::Uuid;
 /// `pg_advisory_xact_lock` key serialising audit appends across servers
 /// (ASCII "palaudit").
 pub const AUDIT_CHAIN_LOCK: i64 = 0x7061_6c61_7564_6974;
+
+/// Seals an admin mutation's audit entry inside the mutation's own
+/// transaction: given the chain head and the mutation's result, the
+/// finished row, or `None` when that result gets no entry here (e.g. the
+/// target does not exist; the caller audits the refusal itself). Called
+/// again when the transaction is retried, so it must not count on running
+/// once.
+pub type AuditSeal<'a, T> = dyn Fn(Option<AuditHead>, &T) -> Option<AdminAuditRow> + Send + Sync + 'a;
 
 /// One admin audit row exactly as stored (strings are the wire forms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,15 +116,17 @@ impl Store {
     }
 
     /// Create an admin API token with a role (hash only). Returns its id.
+    /// With `seal`, its admin audit entry (given the id) commits with it.
     pub async fn create_admin_token_with_role(
         &self,
         token_hash: &str,
         name: &str,
         role: &str,
+        seal: Option<&AuditSeal<'_, String>>,
     ) -> Result<String, StoreError> {
         match self {
-            Store::Sqlite(b) => b.create_admin_token_with_role(token_hash, name, role).await,
-            Store::Postgres(b) => b.create_admin_token_with_role(token_hash, name, role).await,
+            Store::Sqlite(b) => b.create_admin_token_with_role(token_hash, name, role, seal).await,
+            Store::Postgres(b) => b.create_admin_token_with_role(token_hash, name, role, seal).await,
         }
     }
 
@@ -128,11 +140,16 @@ impl Store {
 
     /// Revoke an admin token: every later call with it gets 401, and its
     /// console sessions end with it. `Ok(None)`: no such token; `Ok(Some(false))`:
-    /// it was already revoked.
-    pub async fn revoke_admin_token(&self, id: &str) -> Result<Option<bool>, StoreError> {
+    /// it was already revoked. With `seal`, its admin audit entry (given
+    /// that result) commits with it.
+    pub async fn revoke_admin_token(
+        &self,
+        id: &str,
+        seal: Option<&AuditSeal<'_, Option<bool>>>,
+    ) -> Result<Option<bool>, StoreError> {
         match self {
-            Store::Sqlite(b) => b.revoke_admin_token(id).await,
-            Store::Postgres(b) => b.revoke_admin_token(id).await,
+            Store::Sqlite(b) => b.revoke_admin_token(id, seal).await,
+            Store::Postgres(b) => b.revoke_admin_token(id, seal).await,
         }
     }
 
@@ -152,7 +169,7 @@ impl Store {
 
 impl SqliteBackend {
     /// One writer per SQLite file: the process-wide writer mutex.
-    async fn audit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(super) async fn audit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         Some(self.write_lock.lock().await)
     }
 
@@ -166,7 +183,7 @@ impl SqliteBackend {
 // === impl PgBackend ===
 
 impl PgBackend {
-    async fn audit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(super) async fn audit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         None
     }
 
@@ -212,14 +229,44 @@ macro_rules! audit_impl {
                 let _guard = self.audit_guard().await;
                 let mut tx = self.pool.begin().await?;
                 Self::audit_chain_lock(&mut tx).await?;
-                let head = sqlx::query("SELECT seq, hash FROM admin_audit ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
+                let head = Self::audit_head_in(&mut tx).await?;
+                let row = seal(head);
+                Self::insert_audit_row(&mut tx, &row).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            /// Append `seal`'s entry for a mutation's `result` inside the
+            /// mutation's transaction `tx`, under the chain lock. The caller
+            /// already holds what [`Self::audit_guard`] would take (SQLite's
+            /// writer mutex) or needs nothing (PostgreSQL).
+            pub(super) async fn seal_audit_in<T: Sync>(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                seal: Option<&AuditSeal<'_, T>>,
+                result: &T,
+            ) -> Result<(), StoreError> {
+                let Some(seal) = seal else {
+                    return Ok(());
+                };
+                Self::audit_chain_lock(tx).await?;
+                let head = Self::audit_head_in(tx).await?;
+                if let Some(row) = seal(head, result) {
+                    Self::insert_audit_row(tx, &row).await?;
+                }
+                Ok(())
+            }
+
+            async fn audit_head_in(tx: &mut sqlx::Transaction<'_, $db>) -> Result<Option<AuditHead>, StoreError> {
+                sqlx::query("SELECT seq, hash FROM admin_audit ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut **tx)
                     .await?
                     .map(|r| -> Result<AuditHead, StoreError> {
                         Ok(AuditHead { seq: r.try_get("seq")?, hash: r.try_get("hash")? })
                     })
-                    .transpose()?;
-                let row = seal(head);
+                    .transpose()
+            }
+
+            async fn insert_audit_row(tx: &mut sqlx::Transaction<'_, $db>, row: &AdminAuditRow) -> Result<(), StoreError> {
                 sqlx::query(&format!(
                     "INSERT INTO admin_audit ({AUDIT_COLUMNS}) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -238,10 +285,9 @@ macro_rules! audit_impl {
                 .bind(&row.prev_hash)
                 .bind(&row.hash)
                 .bind(&row.hmac)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-                tx.commit().await?;
-                Ok(row)
+                Ok(())
             }
 
             pub(super) async fn admin_audit_page(
@@ -272,9 +318,11 @@ macro_rules! audit_impl {
                 token_hash: &str,
                 name: &str,
                 role: &str,
+                seal: Option<&AuditSeal<'_, String>>,
             ) -> Result<String, StoreError> {
                 let _guard = self.audit_guard().await;
                 let id = Uuid::now_v7().to_string();
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO admin_tokens (id, token_hash, name, created_at, role) VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -283,8 +331,10 @@ macro_rules! audit_impl {
                 .bind(name)
                 .bind(super::now_ms())
                 .bind(role)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                Self::seal_audit_in(&mut tx, seal, &id).await?;
+                tx.commit().await?;
                 Ok(id)
             }
 
@@ -310,25 +360,33 @@ macro_rules! audit_impl {
                     .collect()
             }
 
-            pub(super) async fn revoke_admin_token(&self, id: &str) -> Result<Option<bool>, StoreError> {
+            pub(super) async fn revoke_admin_token(
+                &self,
+                id: &str,
+                seal: Option<&AuditSeal<'_, Option<bool>>>,
+            ) -> Result<Option<bool>, StoreError> {
                 let _guard = self.audit_guard().await;
+                let mut tx = self.pool.begin().await?;
                 let done = sqlx::query(
                     "UPDATE admin_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                 )
                 .bind(super::now_ms())
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if done > 0 {
-                    return Ok(Some(true));
-                }
-                let exists = sqlx::query("SELECT 1 AS one FROM admin_tokens WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .is_some();
-                Ok(exists.then_some(false))
+                let result = if done > 0 {
+                    Some(true)
+                } else {
+                    sqlx::query("SELECT 1 AS one FROM admin_tokens WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|_| false)
+                };
+                Self::seal_audit_in(&mut tx, seal, &result).await?;
+                tx.commit().await?;
+                Ok(result)
             }
 
             pub(super) async fn admin_token_identity(

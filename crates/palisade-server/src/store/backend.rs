@@ -6,7 +6,7 @@
 use super::chain::Link;
 use super::{
     from_ms, migrate, now_ms, DeviceAuth, DeviceRecord, Enrolled, EventFilter, InventoryRecord,
-    NewEvent, StoreError, StoredEvent, StoredPolicy, TextQuery, TokenProblem, UsageGroup,
+    AuditSeal, NewEvent, StoreError, StoredEvent, StoredPolicy, TextQuery, TokenProblem, UsageGroup,
     UsageQuery, UsageRow, INSERT_CHUNK_ROWS, POLICY_CHANNEL, SQLITE_BUSY_TIMEOUT,
 };
 use chrono::{DateTime, Utc};
@@ -902,10 +902,12 @@ macro_rules! backend_impl {
                 max_uses: u32,
                 expires_at: DateTime<Utc>,
                 note: Option<&str>,
+                seal: Option<&AuditSeal<'_, String>>,
             ) -> Result<String, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
                 let id = Uuid::now_v7().to_string();
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO enrollment_tokens (id, token_hash, max_uses, uses, expires_at, created_at, note) \
                      VALUES ($1, $2, $3, 0, $4, $5, $6)",
@@ -916,8 +918,10 @@ macro_rules! backend_impl {
                 .bind(expires_at.timestamp_millis())
                 .bind(now_ms())
                 .bind(note)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                Self::seal_audit_in(&mut tx, seal, &id).await?;
+                tx.commit().await?;
                 Ok(id)
             }
 
@@ -1037,18 +1041,36 @@ macro_rules! backend_impl {
                 .transpose()
             }
 
-            pub(super) async fn revoke_device(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+            /// `None`: no such device; `Some(false)`: already revoked.
+            pub(super) async fn revoke_device(
+                &self,
+                id: &str,
+                reason: &str,
+                seal: Option<&AuditSeal<'_, Option<bool>>>,
+            ) -> Result<Option<bool>, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
+                let mut tx = self.pool.begin().await?;
                 let r = sqlx::query(
                     "UPDATE devices SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
                 )
                 .bind(now_ms())
                 .bind(reason)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-                Ok(r.rows_affected() == 1)
+                let result = if r.rows_affected() == 1 {
+                    Some(true)
+                } else {
+                    sqlx::query("SELECT 1 AS one FROM devices WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|_| false)
+                };
+                Self::seal_audit_in(&mut tx, seal, &result).await?;
+                tx.commit().await?;
+                Ok(result)
             }
 
             pub(super) async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
@@ -1078,7 +1100,12 @@ macro_rules! backend_impl {
                 Ok(())
             }
 
-            pub(super) async fn insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
+            pub(super) async fn insert_policy(
+                &self,
+                document: &str,
+                author: &str,
+                seal: Option<&AuditSeal<'_, u64>>,
+            ) -> Result<u64, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
                 // Publishers queue on the table lock (PostgreSQL) or the single
@@ -1086,7 +1113,7 @@ macro_rules! backend_impl {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match self.try_insert_policy(document, author).await {
+                    match self.try_insert_policy(document, author, seal).await {
                         Err(StoreError::Database(sqlx::Error::Database(e)))
                             if e.is_unique_violation() && attempt < 5 => continue,
                         other => return other,
@@ -1094,7 +1121,12 @@ macro_rules! backend_impl {
                 }
             }
 
-            async fn try_insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
+            async fn try_insert_policy(
+                &self,
+                document: &str,
+                author: &str,
+                seal: Option<&AuditSeal<'_, u64>>,
+            ) -> Result<u64, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 if !$lock_policies.is_empty() {
                     sqlx::query($lock_policies).execute(&mut *tx).await?;
@@ -1109,6 +1141,7 @@ macro_rules! backend_impl {
                 .fetch_one(&mut *tx)
                 .await?;
                 let version = to_u64(row.try_get("version")?, "policy version")?;
+                Self::seal_audit_in(&mut tx, seal, &version).await?;
                 Self::notify_policy(&mut tx, version).await?;
                 tx.commit().await?;
                 Ok(version)

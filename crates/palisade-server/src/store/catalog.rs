@@ -16,7 +16,7 @@
 //! interpret the policy document itself: the caller passes the edit.
 
 use super::backend::{PgBackend, SqliteBackend};
-use super::{from_ms, now_ms, InventoryRecord, Store, StoreError, INSERT_CHUNK_ROWS};
+use super::{from_ms, now_ms, AuditSeal, InventoryRecord, Store, StoreError, INSERT_CHUNK_ROWS};
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 use std::collections::BTreeMap;
@@ -109,6 +109,20 @@ pub enum DecideOutcome {
         policy_version: u64,
         published: bool,
     },
+}
+
+/// What a decision did, as its admin audit entry (sealed into the
+/// decision's transaction) tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionSummary {
+    /// The entry's display name.
+    pub name: String,
+    /// The newest policy version after the decision.
+    pub policy_version: u64,
+    /// Whether the decision wrote that version.
+    pub published: bool,
+    /// Whether anything was written (false: status and policy already held it).
+    pub changed: bool,
 }
 
 /// Rewrites the newest policy document (`None`: no policy stored yet) to
@@ -266,11 +280,37 @@ impl Store {
     ) -> Result<DecideOutcome, StoreError> {
         match self {
             Store::Sqlite(b) => {
-                b.decide_catalog(kind, item_id, status, note, actor, edit)
+                b.decide_catalog(kind, item_id, status, note, actor, edit, None)
                     .await
             }
             Store::Postgres(b) => {
-                b.decide_catalog(kind, item_id, status, note, actor, edit)
+                b.decide_catalog(kind, item_id, status, note, actor, edit, None)
+                    .await
+            }
+        }
+    }
+
+    /// [`Store::decide_catalog`] with its admin audit entry sealed into the
+    /// decision's transaction (an unchanged decision is audited too; an
+    /// unknown entry is not: nothing happened to it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decide_catalog_audited(
+        &self,
+        kind: CatalogKind,
+        item_id: &str,
+        status: CatalogStatus,
+        note: Option<&str>,
+        actor: &str,
+        edit: &PolicyEdit<'_>,
+        seal: &AuditSeal<'_, DecisionSummary>,
+    ) -> Result<DecideOutcome, StoreError> {
+        match self {
+            Store::Sqlite(b) => {
+                b.decide_catalog(kind, item_id, status, note, actor, edit, Some(seal))
+                    .await
+            }
+            Store::Postgres(b) => {
+                b.decide_catalog(kind, item_id, status, note, actor, edit, Some(seal))
                     .await
             }
         }
@@ -451,6 +491,7 @@ macro_rules! catalog_impl {
                 }))
             }
 
+            #[allow(clippy::too_many_arguments)]
             pub(super) async fn decide_catalog(
                 &self,
                 kind: CatalogKind,
@@ -459,6 +500,7 @@ macro_rules! catalog_impl {
                 note: Option<&str>,
                 actor: &str,
                 edit: &PolicyEdit<'_>,
+                seal: Option<&AuditSeal<'_, DecisionSummary>>,
             ) -> Result<DecideOutcome, StoreError> {
                 #[allow(clippy::let_unit_value)]
                 let _write = self.write_guard().await;
@@ -469,7 +511,7 @@ macro_rules! catalog_impl {
                 let outcome = loop {
                     attempt += 1;
                     match self
-                        .try_decide_catalog(kind, item_id, status, note, actor, edit)
+                        .try_decide_catalog(kind, item_id, status, note, actor, edit, seal)
                         .await
                     {
                         Err(StoreError::Database(sqlx::Error::Database(e)))
@@ -503,6 +545,7 @@ macro_rules! catalog_impl {
 
             /// `None`: no such entry. Otherwise (newest policy version,
             /// whether this call published it, whether anything changed).
+            #[allow(clippy::too_many_arguments)]
             async fn try_decide_catalog(
                 &self,
                 kind: CatalogKind,
@@ -511,13 +554,14 @@ macro_rules! catalog_impl {
                 note: Option<&str>,
                 actor: &str,
                 edit: &PolicyEdit<'_>,
+                seal: Option<&AuditSeal<'_, DecisionSummary>>,
             ) -> Result<Option<(u64, bool, bool)>, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 if !$lock_policies.is_empty() {
                     sqlx::query($lock_policies).execute(&mut *tx).await?;
                 }
                 let row = sqlx::query(concat!(
-                    "SELECT status FROM catalog_items WHERE kind = $1 AND item_id = $2",
+                    "SELECT status, name FROM catalog_items WHERE kind = $1 AND item_id = $2",
                     $for_update
                 ))
                 .bind(kind.as_str())
@@ -528,6 +572,7 @@ macro_rules! catalog_impl {
                     return Ok(None);
                 };
                 let current = CatalogStatus::from_db(row.try_get("status")?)?;
+                let name: String = row.try_get("name")?;
                 let latest = sqlx::query(
                     "SELECT version, document FROM policies ORDER BY version DESC LIMIT 1",
                 )
@@ -544,6 +589,9 @@ macro_rules! catalog_impl {
                     StoreError::Corrupt(format!("policy version {version}: {e}"))
                 })?;
                 if current == status && new_document.is_none() {
+                    let summary = DecisionSummary { name, policy_version: version, published: false, changed: false };
+                    Self::seal_audit_in(&mut tx, seal, &summary).await?;
+                    tx.commit().await?;
                     return Ok(Some((version, false, false)));
                 }
                 let mut policy_version = version;
@@ -574,6 +622,8 @@ macro_rules! catalog_impl {
                 .bind(item_id)
                 .execute(&mut *tx)
                 .await?;
+                let summary = DecisionSummary { name, policy_version, published, changed: true };
+                Self::seal_audit_in(&mut tx, seal, &summary).await?;
                 tx.commit().await?;
                 Ok(Some((policy_version, published, true)))
             }

@@ -6,7 +6,7 @@
 //! unexpired, its idle window is open and its admin token is unrevoked; the
 //! role is read from the token at every lookup, never copied.
 
-use super::{from_ms, now_ms, PgBackend, SqliteBackend, Store, StoreError, StoredPolicy};
+use super::{from_ms, now_ms, AuditSeal, PgBackend, SqliteBackend, Store, StoreError, StoredPolicy};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -57,14 +57,15 @@ impl Store {
         public_id: &str,
         token_id: &str,
         expires_at_ms: i64,
+        seal: Option<&AuditSeal<'_, ()>>,
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(b) => {
-                b.create_session(id_hash, public_id, token_id, expires_at_ms)
+                b.create_session(id_hash, public_id, token_id, expires_at_ms, seal)
                     .await
             }
             Store::Postgres(b) => {
-                b.create_session(id_hash, public_id, token_id, expires_at_ms)
+                b.create_session(id_hash, public_id, token_id, expires_at_ms, seal)
                     .await
             }
         }
@@ -92,11 +93,16 @@ impl Store {
         }
     }
 
-    /// End a session; returns its public id when it existed.
-    pub async fn delete_session(&self, id_hash: &str) -> Result<Option<String>, StoreError> {
+    /// End a session; returns its public id when it existed. With `seal`,
+    /// the sign-out's admin audit entry commits with it.
+    pub async fn delete_session(
+        &self,
+        id_hash: &str,
+        seal: Option<&AuditSeal<'_, Option<String>>>,
+    ) -> Result<Option<String>, StoreError> {
         match self {
-            Store::Sqlite(b) => b.delete_session(id_hash).await,
-            Store::Postgres(b) => b.delete_session(id_hash).await,
+            Store::Sqlite(b) => b.delete_session(id_hash, seal).await,
+            Store::Postgres(b) => b.delete_session(id_hash, seal).await,
         }
     }
 
@@ -168,8 +174,14 @@ macro_rules! console_impl {
                 public_id: &str,
                 token_id: &str,
                 expires_at_ms: i64,
+                seal: Option<&AuditSeal<'_, ()>>,
             ) -> Result<(), StoreError> {
+                let _guard = match seal {
+                    Some(_) => self.audit_guard().await,
+                    None => None,
+                };
                 let now = now_ms();
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO console_sessions (id_hash, public_id, token_id, created_at, last_seen, expires_at) \
                      VALUES ($1, $2, $3, $4, $4, $5)",
@@ -179,8 +191,10 @@ macro_rules! console_impl {
                 .bind(token_id)
                 .bind(now)
                 .bind(expires_at_ms)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                Self::seal_audit_in(&mut tx, seal, &()).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -223,12 +237,24 @@ macro_rules! console_impl {
                 Ok(())
             }
 
-            pub(super) async fn delete_session(&self, id_hash: &str) -> Result<Option<String>, StoreError> {
+            pub(super) async fn delete_session(
+                &self,
+                id_hash: &str,
+                seal: Option<&AuditSeal<'_, Option<String>>>,
+            ) -> Result<Option<String>, StoreError> {
+                let _guard = match seal {
+                    Some(_) => self.audit_guard().await,
+                    None => None,
+                };
+                let mut tx = self.pool.begin().await?;
                 let row = sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1 RETURNING public_id")
                     .bind(id_hash)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                row.map(|r| r.try_get("public_id").map_err(StoreError::from)).transpose()
+                let public_id = row.map(|r| r.try_get("public_id").map_err(StoreError::from)).transpose()?;
+                Self::seal_audit_in(&mut tx, seal, &public_id).await?;
+                tx.commit().await?;
+                Ok(public_id)
             }
 
             pub(super) async fn purge_sessions(&self, now_ms: i64, idle_cutoff_ms: i64) -> Result<u64, StoreError> {

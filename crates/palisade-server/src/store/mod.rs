@@ -28,13 +28,15 @@ use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use audit::{AdminAuditRow, AdminTokenIdentity, AdminTokenInfo, AuditHead, AUDIT_CHAIN_LOCK};
+pub use audit::{
+    AdminAuditRow, AdminTokenIdentity, AdminTokenInfo, AuditHead, AuditSeal, AUDIT_CHAIN_LOCK,
+};
 pub use backend::{PgBackend, SqliteBackend};
 pub use console::{OverviewCounts, PolicyVersionMeta, SessionRecord};
 pub use forward::{forward_lock_key, ForwardCursor, ForwardLease};
 pub use catalog::{
     CatalogDetail, CatalogDevice, CatalogEntry, CatalogFilter, CatalogKind, CatalogStatus,
-    DecideOutcome, PolicyEdit,
+    DecideOutcome, DecisionSummary, PolicyEdit,
 };
 
 /// PostgreSQL NOTIFY channel carrying new policy versions.
@@ -369,7 +371,20 @@ impl Store {
         expires_at: DateTime<Utc>,
         note: Option<&str>,
     ) -> Result<String, StoreError> {
-        dispatch!(self.create_enrollment_token(token_hash, max_uses, expires_at, note))
+        dispatch!(self.create_enrollment_token(token_hash, max_uses, expires_at, note, None))
+    }
+
+    /// [`Store::create_enrollment_token`] with its admin audit entry (given
+    /// the new id) sealed into the same transaction.
+    pub async fn create_enrollment_token_audited(
+        &self,
+        token_hash: &str,
+        max_uses: u32,
+        expires_at: DateTime<Utc>,
+        note: Option<&str>,
+        seal: &AuditSeal<'_, String>,
+    ) -> Result<String, StoreError> {
+        dispatch!(self.create_enrollment_token(token_hash, max_uses, expires_at, note, Some(seal)))
     }
 
     pub async fn create_admin_token(
@@ -411,7 +426,18 @@ impl Store {
 
     /// Revoke a device; false when it is unknown or already revoked.
     pub async fn revoke_device(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
-        dispatch!(self.revoke_device(id, reason))
+        Ok(dispatch!(self.revoke_device(id, reason, None))? == Some(true))
+    }
+
+    /// Revoke a device with its admin audit entry sealed into the same
+    /// transaction. `None`: no such device; `Some(false)`: already revoked.
+    pub async fn revoke_device_audited(
+        &self,
+        id: &str,
+        reason: &str,
+        seal: &AuditSeal<'_, Option<bool>>,
+    ) -> Result<Option<bool>, StoreError> {
+        dispatch!(self.revoke_device(id, reason, Some(seal)))
     }
 
     pub async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
@@ -431,7 +457,18 @@ impl Store {
     /// Store a new policy version (previous max + 1) and announce it to other
     /// processes (PostgreSQL NOTIFY on [`POLICY_CHANNEL`]). Returns the version.
     pub async fn insert_policy(&self, document: &str, author: &str) -> Result<u64, StoreError> {
-        dispatch!(self.insert_policy(document, author))
+        dispatch!(self.insert_policy(document, author, None))
+    }
+
+    /// [`Store::insert_policy`] with its admin audit entry (given the new
+    /// version) sealed into the same transaction.
+    pub async fn insert_policy_audited(
+        &self,
+        document: &str,
+        author: &str,
+        seal: &AuditSeal<'_, u64>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.insert_policy(document, author, Some(seal)))
     }
 
     pub async fn latest_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {

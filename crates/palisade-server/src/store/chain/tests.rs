@@ -718,7 +718,7 @@ async fn retention_applies_to_every_table_and_audits_its_counts() {
             .unwrap();
         let tok = s.create_admin_token("admin-h", "old").await.unwrap();
         // A console session of that token (the foreign key must not stop the delete).
-        s.create_session("sess-h", "sess-pub", &tok, now.timestamp_millis() + 1000)
+        s.create_session("sess-h", "sess-pub", &tok, now.timestamp_millis() + 1000, None)
             .await
             .unwrap();
         exec(
