@@ -120,7 +120,7 @@ pub fn split_record(json: &str) -> (Value, Map<String, Value>) {
 }
 
 /// One content value inside a record's JSON: which field, and its bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
     field: usize,
     start: usize,
@@ -128,10 +128,25 @@ struct Span {
 }
 
 /// The byte ranges of the content values in `json` (null ones included), in
-/// order of position. Borrowed parsing: no value tree is built, which keeps
-/// digesting cheap on the ingest path. JSON that does not parse, or is not
-/// an object, has no content.
+/// order of position. JSON that does not parse, or is not an object, has no
+/// content; with a key repeated, the last one counts (as in a map).
+///
+/// This sits on the ingest path (every record is digested), so valid JSON
+/// is first checked without building anything ([`IgnoredAny`]) and then
+/// scanned once by [`scan_content_spans`]; only keys written with escapes
+/// take the slower map parse ([`content_spans_by_map`]), which defines the
+/// result (a test holds the two equal).
+///
+/// [`IgnoredAny`]: serde::de::IgnoredAny
 fn content_spans(json: &str) -> Vec<Span> {
+    if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
+        return Vec::new();
+    }
+    scan_content_spans(json).unwrap_or_else(|| content_spans_by_map(json))
+}
+
+/// [`content_spans`] by parsing maps of raw values: the reference.
+fn content_spans_by_map(json: &str) -> Vec<Span> {
     use serde_json::value::RawValue;
     use std::collections::BTreeMap;
     let base = json.as_ptr() as usize;
@@ -153,18 +168,149 @@ fn content_spans(json: &str) -> Vec<Span> {
     spans
 }
 
+/// One pass over JSON already known to be valid: the top-level members, and
+/// the members of the objects [`CONTENT_FIELDS`] name. `None` when a key is
+/// written with an escape (its text is not its name), for the map parse.
+fn scan_content_spans(json: &str) -> Option<Vec<Span>> {
+    let b = json.as_bytes();
+    let mut spans = Vec::new();
+    let at = skip_ws(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return Some(spans);
+    }
+    // Per content object, the span of its (last) value.
+    let mut objects: [Option<(usize, usize)>; 2] = [None, None];
+    let names = ["request", "response"];
+    debug_assert!(CONTENT_FIELDS.iter().all(|(o, _)| names.contains(o)));
+    scan_members(b, at, &mut |key, start, end| {
+        if let Some(k) = names.iter().position(|n| n.as_bytes() == key) {
+            objects[k] = Some((start, end));
+        }
+    })?;
+    for (k, name) in names.iter().enumerate() {
+        let Some((start, _)) = objects[k] else { continue };
+        if b[start] != b'{' {
+            continue;
+        }
+        let mut found: Vec<(usize, Span)> = Vec::new();
+        scan_members(b, start, &mut |key, vstart, vend| {
+            for (i, (obj, field)) in CONTENT_FIELDS.iter().enumerate() {
+                if obj == name && field.as_bytes() == key {
+                    found.retain(|(f, _)| *f != i);
+                    found.push((i, Span { field: i, start: vstart, end: vend }));
+                }
+            }
+        })?;
+        spans.extend(found.into_iter().map(|(_, s)| s));
+    }
+    spans.sort_by_key(|s| s.start);
+    Some(spans)
+}
+
+/// Walk the members of the object opening at `b[at]` (valid JSON), calling
+/// `member(key, value_start, value_end)` for each; the index after the
+/// closing brace, or `None` for a key holding an escape.
+fn scan_members(b: &[u8], at: usize, member: &mut dyn FnMut(&[u8], usize, usize)) -> Option<usize> {
+    let mut at = skip_ws(b, at + 1);
+    if b.get(at) == Some(&b'}') {
+        return Some(at + 1);
+    }
+    loop {
+        // At a key's opening quote.
+        let key_end = string_end(b, at)?;
+        let key = &b[at + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        at = skip_ws(b, key_end);
+        at = skip_ws(b, at + 1); // the colon
+        let start = at;
+        let end = value_end(b, start)?;
+        member(key, start, end);
+        at = skip_ws(b, end);
+        match b.get(at) {
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(b'}') => return Some(at + 1),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// The index after the string opening at `b[at]`.
+fn string_end(b: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+}
+
+/// The index after the value starting at `b[at]` (valid JSON).
+fn value_end(b: &[u8], at: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => string_end(b, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let mut i = at;
+            while !matches!(b.get(i), None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
 /// `json` with every content value replaced by `null`: the metadata part,
 /// byte for byte what the record holds once its content is purged.
 fn without_content(json: &str, spans: &[Span]) -> String {
     let mut out = String::with_capacity(json.len());
-    let mut at = 0;
-    for s in spans {
-        out.push_str(&json[at..s.start]);
-        out.push_str("null");
-        at = s.end;
+    for part in without_content_parts(json, spans) {
+        out.push_str(part);
     }
-    out.push_str(&json[at..]);
     out
+}
+
+/// The pieces of [`without_content`], in order, without copying.
+fn without_content_parts<'a>(json: &'a str, spans: &'a [Span]) -> impl Iterator<Item = &'a str> + 'a {
+    let mut at = 0;
+    spans
+        .iter()
+        .flat_map(move |s| {
+            let kept = &json[at..s.start];
+            at = s.end;
+            [kept, "null"]
+        })
+        .chain(std::iter::once_with(move || &json[spans.last().map_or(0, |s| s.end)..]))
 }
 
 /// Feed one optional field into a digest, length-prefixed so no two
@@ -172,10 +318,28 @@ fn without_content(json: &str, spans: &[Span]) -> String {
 fn put(h: &mut Sha256, v: Option<&str>) {
     match v {
         None => h.update(b"-"),
-        Some(v) => {
-            h.update(format!("{}:", v.len()).as_bytes());
-            h.update(v.as_bytes());
+        Some(v) => put_parts(h, v.len(), [v]),
+    }
+}
+
+/// [`put`] of a value given in pieces whose lengths add up to `len`.
+fn put_parts<'a>(h: &mut Sha256, len: usize, parts: impl IntoIterator<Item = &'a str>) {
+    // "<len>:" in decimal, written backwards into a stack buffer.
+    let mut prefix = [0u8; 21];
+    let mut i = prefix.len() - 1;
+    prefix[i] = b':';
+    let mut n = len;
+    loop {
+        i -= 1;
+        prefix[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
+    }
+    h.update(&prefix[i..]);
+    for p in parts {
+        h.update(p.as_bytes());
     }
 }
 
@@ -194,14 +358,15 @@ pub fn digest_event(meta: &EventMeta<'_>, json: &str) -> (EventDigests, bool) {
         }
         has_content = true;
         let (obj, field) = CONTENT_FIELDS[s.field];
-        put(&mut c, Some(&format!("{obj}.{field}")));
+        put_parts(&mut c, obj.len() + 1 + field.len(), [obj, ".", field]);
         put(&mut c, Some(value));
     }
     let mut m = Sha256::new();
     m.update(b"palisade-meta/1");
-    let id = meta.id.to_string();
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = meta.id.hyphenated().encode_lower(&mut id);
     for v in [
-        Some(id.as_str()),
+        Some(&*id),
         Some(meta.device_id),
         Some(meta.kind),
         meta.provider,
@@ -213,7 +378,8 @@ pub fn digest_event(meta: &EventMeta<'_>, json: &str) -> (EventDigests, bool) {
     }
     put(&mut m, Some(&meta.time_ms.to_string()));
     put(&mut m, Some(&meta.received_at.to_string()));
-    put(&mut m, Some(&without_content(json, &spans)));
+    let kept: usize = json.len() - spans.iter().map(|s| s.end - s.start).sum::<usize>() + 4 * spans.len();
+    put_parts(&mut m, kept, without_content_parts(json, &spans));
     (
         EventDigests {
             meta: hex::encode(m.finalize()),

@@ -852,3 +852,151 @@ async fn rows_from_before_chaining_are_reported_and_retained_away() {
         assert_eq!((rep.events, rep.unlinked_legacy), (3, 0));
     }
 }
+
+/// The digests as first defined (map parse, a copy without content,
+/// formatted length prefixes): stored links were made this way, so the
+/// ingest path's single-pass version must give the same bytes.
+fn reference_digest(meta: &EventMeta<'_>, json: &str) -> (EventDigests, bool) {
+    fn put(h: &mut Sha256, v: Option<&str>) {
+        match v {
+            None => h.update(b"-"),
+            Some(v) => {
+                h.update(format!("{}:", v.len()).as_bytes());
+                h.update(v.as_bytes());
+            }
+        }
+    }
+    let spans = content_spans_by_map(json);
+    let mut c = Sha256::new();
+    c.update(b"palisade-content/1");
+    let mut has_content = false;
+    let mut by_field = spans.clone();
+    by_field.sort_by_key(|s| s.field);
+    for s in &by_field {
+        let value = &json[s.start..s.end];
+        if value == "null" {
+            continue;
+        }
+        has_content = true;
+        let (obj, field) = CONTENT_FIELDS[s.field];
+        put(&mut c, Some(&format!("{obj}.{field}")));
+        put(&mut c, Some(value));
+    }
+    let mut m = Sha256::new();
+    m.update(b"palisade-meta/1");
+    let id = meta.id.to_string();
+    for v in [Some(id.as_str()), Some(meta.device_id), Some(meta.kind), meta.provider, meta.model, meta.app, meta.decision] {
+        put(&mut m, v);
+    }
+    put(&mut m, Some(&meta.time_ms.to_string()));
+    put(&mut m, Some(&meta.received_at.to_string()));
+    let mut without = String::new();
+    let mut at = 0;
+    for s in &spans {
+        without.push_str(&json[at..s.start]);
+        without.push_str("null");
+        at = s.end;
+    }
+    without.push_str(&json[at..]);
+    put(&mut m, Some(&without));
+    (EventDigests { meta: hex::encode(m.finalize()), content: hex::encode(c.finalize()) }, has_content)
+}
+
+/// Records whose content fields sit in every awkward place a scanner can
+/// get wrong: escapes, braces and quotes inside strings, repeated keys,
+/// whitespace, nesting, non-object parents, keys written with escapes.
+fn awkward_records() -> Vec<String> {
+    let mut v: Vec<String> = [
+        r#"{"request":{"prompt":"hi"},"response":{"text":"yo"}}"#,
+        r#" { "request" : { "prompt" : "a \"quoted\" {brace} [x] \\" , "params" : {"a":[1,{"b":"}"}]} } , "response":{"text":null} } "#,
+        r#"{"request":{"prompt":"first","prompt":"second"},"request":{"prompt":"third"}}"#,
+        r#"{"request":"not an object","response":[{"text":"in an array"}]}"#,
+        r#"{"re\u0071uest":{"prompt":"escaped parent key"}}"#,
+        r#"{"request":{"pr\u006fmpt":"escaped field key","prompt":"plain"}}"#,
+        r#"{"request":{"messages":[{"role":"user","content":"x"}],"prompt":null},"response":{"tool_calls":[{"id":"1"}],"text":"t"}}"#,
+        r#"{"nested":{"request":{"prompt":"not at the top"}},"response":{"text":"\ud83d\ude00 \u00e9 \n\t"}}"#,
+        r#"{"request":{"prompt":12.5e-3,"params":true},"response":{"text":false,"status":-1}}"#,
+        r#"{"request":{},"response":{}}"#,
+        r#"{}"#,
+        r#"[]"#,
+        r#""a string""#,
+        r#"42"#,
+        r#"{"request":{"prompt":"unterminated"}"#,
+        r#"not json"#,
+        r#"{"request":{"prompt":"x"}} trailing"#,
+        "",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend((0..4).map(|n| interaction(n).json));
+    v
+}
+
+#[test]
+fn scanned_content_spans_equal_the_map_parse() {
+    for json in awkward_records() {
+        assert_eq!(content_spans(&json), content_spans_by_map(&json), "{json}");
+    }
+}
+
+#[test]
+fn scanned_content_spans_equal_the_map_parse_on_generated_records() {
+    use rand::{Rng, SeedableRng};
+    // Values built from the keys that matter, nested at random, in
+    // random layouts; fixed seed so a failure is repeatable.
+    fn value(r: &mut rand::rngs::StdRng, depth: u32) -> String {
+        const KEYS: &[&str] = &["request", "response", "prompt", "text", "messages", "tool_calls", "params", "x"];
+        const STRINGS: &[&str] = &[r#""""#, r#""}{][""#, r#""\"""#, r#""\\""#, r#""a\\\"b""#, r#""\u0041""#, r#""ü""#];
+        let ws = |r: &mut rand::rngs::StdRng| [" ", "", "\n", "\t  "][r.gen_range(0..4)];
+        // Objects near the top, so content fields are reached often.
+        let pick = if depth <= 1 && r.gen_bool(0.7) { 5 } else { r.gen_range(0..if depth > 3 { 4 } else { 6 }) };
+        match pick {
+            0 => STRINGS[r.gen_range(0..STRINGS.len())].to_string(),
+            1 => ["0", "-1.5e3", "true", "false", "null"][r.gen_range(0..5)].to_string(),
+            2 | 3 => STRINGS[r.gen_range(0..STRINGS.len())].to_string(),
+            4 => {
+                let n = r.gen_range(0..4);
+                let items: Vec<String> = (0..n).map(|_| format!("{}{}{}", ws(r), value(r, depth + 1), ws(r))).collect();
+                format!("[{}]", items.join(","))
+            }
+            _ => {
+                let n = r.gen_range(0..5);
+                let items: Vec<String> = (0..n)
+                    .map(|_| {
+                        let k = KEYS[r.gen_range(0..KEYS.len())];
+                        format!("{}\"{k}\"{}:{}{}{}", ws(r), ws(r), ws(r), value(r, depth + 1), ws(r))
+                    })
+                    .collect();
+                format!("{{{}}}", items.join(","))
+            }
+        }
+    }
+    let mut r = rand::rngs::StdRng::seed_from_u64(7);
+    let mut with_content = 0;
+    for _ in 0..20_000 {
+        let json = value(&mut r, 0);
+        let fast = content_spans(&json);
+        assert_eq!(fast, content_spans_by_map(&json), "{json}");
+        with_content += usize::from(!fast.is_empty());
+    }
+    assert!(with_content > 500, "the generator must reach content fields: {with_content}");
+}
+
+#[test]
+fn digests_equal_the_first_definition() {
+    for (i, json) in awkward_records().iter().enumerate() {
+        let meta = EventMeta {
+            id: Uuid::now_v7(),
+            device_id: "dev-1",
+            time_ms: if i % 2 == 0 { 1_700_000_000_000 } else { -5 },
+            kind: "interaction",
+            provider: Some("openai"),
+            model: (i % 3 != 0).then_some("gpt-4o"),
+            app: None,
+            decision: Some("allow"),
+            received_at: 1_700_000_000_123,
+        };
+        assert_eq!(digest_event(&meta, json), reference_digest(&meta, json), "{json}");
+    }
+}
