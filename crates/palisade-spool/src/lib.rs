@@ -7,9 +7,11 @@
 //! # Design
 //!
 //! - **Storage.** One SQLite database in WAL mode. Each record is one row:
-//!   the event's JSON (`body`) plus indexed columns copied out of it for
-//!   filtering (`time_us`, `kind`, `provider`, `model`, `app`, `decision`).
-//!   Rows are ordered by `seq` (`AUTOINCREMENT`, never reused), which is the
+//!   the event's JSON (`body`) plus columns copied out of it for filtering
+//!   (`time_us`, `kind`, `provider`, `model`, `app`, `decision`). Only `id`
+//!   and `time_us` are indexed: every index is paid on each append and each
+//!   ack, the proxy's hottest write, while `palisade events` filters are
+//!   answered by a scan of a drained outbox (schema v2). Rows are ordered by `seq` (`AUTOINCREMENT`, never reused), which is the
 //!   order the uploader sees them in.
 //! - **What survives what.** [`Spool::append`] returns only after its
 //!   transaction committed with `synchronous = FULL`, i.e. after the WAL was
