@@ -955,3 +955,51 @@ fn appends_that_returned_ok_survive_sigkill() {
         spool.append(&simple("after crash")).await.unwrap();
     });
 }
+
+#[tokio::test]
+async fn a_v1_spool_is_migrated_with_its_records_and_filters_still_work() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("spool.db");
+    // A spool as an agent before schema v2 left it, holding two records.
+    let v1 = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+        .await
+        .unwrap();
+    sqlx::raw_sql(schema::MIGRATIONS[0]).execute(&v1).await.unwrap();
+    sqlx::raw_sql("PRAGMA user_version = 1").execute(&v1).await.unwrap();
+    for (i, provider) in ["openai", "anthropic"].iter().enumerate() {
+        let ev = interaction(provider, "m", "curl", RecordDecision::Allow, &format!("p{i}"));
+        let body = serde_json::to_string(&ev).unwrap();
+        sqlx::query(
+            "INSERT INTO events (id, time_us, kind, provider, model, app, decision, size, body) \
+             VALUES (?, ?, 'interaction', ?, 'm', 'curl', 'allow', ?, ?)",
+        )
+        .bind(ev.id.to_string())
+        .bind(ev.time.timestamp_micros())
+        .bind(provider)
+        .bind(body.len() as i64)
+        .bind(&body)
+        .execute(&v1)
+        .await
+        .unwrap();
+    }
+    v1.close().await;
+
+    let spool = Spool::open(&path, SpoolOptions::default()).await.unwrap();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(spool.inner.writer.as_ref().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(indexes, ["events_time"]);
+    let found = spool
+        .query(&EventFilter { provider: Some("ANTHROPIC".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].interaction.as_ref().unwrap().provider, "anthropic");
+    assert_eq!(spool.stats().await.unwrap().count, 2);
+}
