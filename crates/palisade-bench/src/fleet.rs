@@ -18,7 +18,7 @@ mod ingest;
 mod propagation;
 mod records;
 mod server;
-mod stats;
+pub(crate) mod stats;
 
 use clap::Parser;
 use palisade_server::RawToken;
