@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use upstream::{BoxError, Dialer, ProxyBody, UpstreamClient};
@@ -286,7 +287,7 @@ async fn connect(
             }
             (None, Some(upstream)) => {
                 state.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-                tunnel(TokioIo::new(upgraded), upstream, &host, port).await
+                tunnel(upgraded, upstream, &host, port).await
             }
             (None, None) => {}
         }
@@ -294,19 +295,35 @@ async fn connect(
     Response::new(empty())
 }
 
-/// A blind tunnel: bytes both ways, never decrypted, never parsed.
-async fn tunnel(
-    mut client: TokioIo<hyper::upgrade::Upgraded>,
-    mut upstream: TcpStream,
-    host: &str,
-    port: u16,
-) {
-    if let Err(error) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024)
-            .await
-    {
+/// A blind tunnel: bytes both ways, never decrypted, never parsed. The
+/// client's socket is taken back out of hyper's upgrade wrapper when it can
+/// be, so the copy loop works on two plain sockets.
+async fn tunnel(client: hyper::upgrade::Upgraded, mut upstream: TcpStream, host: &str, port: u16) {
+    let result = match client.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let mut client = parts.io.into_inner();
+            // Bytes the client sent right behind its CONNECT request go first.
+            match upstream.write_all(&parts.read_buf).await {
+                Ok(()) => copy_both_ways(&mut client, &mut upstream).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(client) => copy_both_ways(&mut TokioIo::new(client), &mut upstream).await,
+    };
+    if let Err(error) = result {
         debug!(%error, host, port, "Tunnel closed with error");
     }
+}
+
+/// Buffer per direction of a blind tunnel.
+const TUNNEL_BUFFER: usize = 256 * 1024;
+
+async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, TUNNEL_BUFFER, TUNNEL_BUFFER).await
 }
 
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
