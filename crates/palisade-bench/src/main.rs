@@ -227,8 +227,15 @@ fn pct(v: &[u64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
-/// Requests per second with `conc` concurrent keep-alive clients.
-async fn rps(c: &reqwest::Client, url: &str, conc: usize, rss_pid: Option<u32>) -> Result<(f64, u64)> {
+/// Microseconds of CPU per request (the process's user + system time,
+/// 10 ms resolution).
+fn per_request_us(cpu_secs: f64, requests: usize) -> f64 {
+    cpu_secs * 1e6 / requests.max(1) as f64
+}
+
+/// Requests per second with `conc` concurrent keep-alive clients, the
+/// peak RSS of `rss_pid` meanwhile, and how many requests completed.
+async fn rps(c: &reqwest::Client, url: &str, conc: usize, rss_pid: Option<u32>) -> Result<(f64, u64, usize)> {
     let deadline = Instant::now() + Duration::from_secs(RPS_SECONDS);
     let start = Instant::now();
     let sampler = rss_pid.map(|pid| {
@@ -262,7 +269,7 @@ async fn rps(c: &reqwest::Client, url: &str, conc: usize, rss_pid: Option<u32>) 
         Some(s) => s.await?,
         None => 0,
     };
-    Ok((done as f64 / start.elapsed().as_secs_f64(), peak))
+    Ok((done as f64 / start.elapsed().as_secs_f64(), peak, done))
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -425,23 +432,37 @@ async fn main() -> Result<()> {
     println!("== (c) intercepted keep-alive requests/s, {RPS_SECONDS}s each, {rounds} interleaved rounds");
     let mut peak_rss = 0;
     for conc in [1usize, 50] {
-        let (mut of_direct, mut vs_mitm) = (Vec::new(), Vec::new());
+        let (mut of_direct, mut vs_mitm, mut cpu_vs_mitm) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let (dr, _) = rps(&direct_c, &url, conc, None).await?;
-            let (ar, peak) = rps(&agent_c, &url, conc, Some(agent.child.id())).await?;
+            let (dr, _, _) = rps(&direct_c, &url, conc, None).await?;
+            let agent_pid = agent.child.id();
+            let cpu = fleet::stats::cpu_secs(agent_pid).unwrap_or(0.0);
+            let (ar, peak, an) = rps(&agent_c, &url, conc, Some(agent_pid)).await?;
+            let agent_us = per_request_us(fleet::stats::cpu_secs(agent_pid).unwrap_or(0.0) - cpu, an);
             peak_rss = peak_rss.max(peak);
-            print!("{conc:>2} clients, round {round}: direct {dr:8.0}/s  palisade {ar:8.0}/s ({:.2} of direct)", ar / dr);
+            print!(
+                "{conc:>2} clients, round {round}: direct {dr:8.0}/s  palisade {ar:8.0}/s ({:.2} of direct, {agent_us:.0} µs CPU/request)",
+                ar / dr
+            );
             of_direct.push(ar / dr);
-            if let Some(mc) = &mitm_c {
-                let (mr, _) = rps(mc, &url, conc, None).await?;
-                print!("  mitmproxy {mr:8.0}/s  palisade/mitmproxy {:.1}x", ar / mr);
+            if let (Some(mc), Some(m)) = (&mitm_c, &mitm) {
+                let mitm_pid = m.child.id();
+                let cpu = fleet::stats::cpu_secs(mitm_pid).unwrap_or(0.0);
+                let (mr, _, mn) = rps(mc, &url, conc, None).await?;
+                let mitm_us = per_request_us(fleet::stats::cpu_secs(mitm_pid).unwrap_or(0.0) - cpu, mn);
+                print!("  mitmproxy {mr:8.0}/s ({mitm_us:.0} µs CPU/request)  palisade/mitmproxy {:.1}x", ar / mr);
                 vs_mitm.push(ar / mr);
+                cpu_vs_mitm.push(mitm_us / agent_us);
             }
             println!();
         }
         print!("{conc:>2} clients, median: palisade {:.2} of direct", median(&mut of_direct));
         if !vs_mitm.is_empty() {
-            print!(", palisade/mitmproxy {:.1}x", median(&mut vs_mitm));
+            print!(
+                ", palisade/mitmproxy {:.1}x in requests/s, {:.1}x less CPU per request",
+                median(&mut vs_mitm),
+                median(&mut cpu_vs_mitm)
+            );
         }
         println!();
     }
