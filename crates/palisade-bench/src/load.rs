@@ -12,7 +12,8 @@
 //! steady-state keep-alive requests and the records they produce. It must
 //! never reach beyond 127.0.0.1.
 
-use crate::{client, one, rss_kb, start_agent_with, FakeProvider, TestCa};
+use crate::fleet::stats::cpu_secs;
+use crate::{client, one, per_request_us, rss_kb, start_agent_with, FakeProvider, TestCa};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures_util::StreamExt;
@@ -66,6 +67,7 @@ pub async fn main(args: impl Iterator<Item = String>) -> Result<()> {
     let ca_file = dir.path().join("test-ca.pem");
     std::fs::write(&ca_file, ca.cert_pem())?;
     let fake = FakeProvider::start(&ca, &["localhost"]).await;
+    fake.forget_requests();
     let url = format!("https://localhost:{}/v1/chat/completions", fake.addr.port());
     let wrap: Vec<String> = args
         .wrap
@@ -100,13 +102,21 @@ pub async fn main(args: impl Iterator<Item = String>) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     let idle_rss = rss_kb(pid).unwrap_or(0);
     hook(&args.before, pid)?;
+    let own = std::process::id();
+    let cpu = |p| cpu_secs(p).unwrap_or(0.0);
+    let (agent_cpu, own_cpu) = (cpu(pid), cpu(own));
     let t = Instant::now();
     let done = run(args.requests / args.clients, args.requests % args.clients).await.context("measured requests")?;
     let secs = t.elapsed().as_secs_f64();
+    // CPU per request of the agent and of this process (client and fake
+    // upstream), over the requests alone: the records the agent writes
+    // after the last answer are not in its figure.
+    let per = |c: f64| per_request_us(c, done);
+    let (agent_us, own_us) = (per(cpu(pid) - agent_cpu), per(cpu(own) - own_cpu));
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     hook(&args.after, pid)?;
     println!(
-        "load: {done} requests on {} keep-alive clients in {secs:.2}s ({:.0}/s, not a benchmark figure); agent RSS after warm-up {:.1} MB, after load {:.1} MB",
+        "load: {done} requests on {} keep-alive clients in {secs:.2}s ({:.0}/s, not a benchmark figure); CPU per request: agent {agent_us:.0} µs, load generator {own_us:.0} µs; agent RSS after warm-up {:.1} MB, after load {:.1} MB",
         args.clients,
         done as f64 / secs,
         idle_rss as f64 / 1024.0,

@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,6 +83,10 @@ impl std::fmt::Debug for RecordedRequest {
 
 struct State {
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Off for load generation: a benchmark sends millions of requests,
+    /// and a copy of each (headers and body) would make the fake's own
+    /// allocations part of what is measured.
+    keep_requests: AtomicBool,
     gate: Semaphore,
     connections: AtomicU64,
 }
@@ -139,6 +143,7 @@ impl FakeProvider {
         let addr = listener.local_addr().expect("fake provider address");
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
+            keep_requests: AtomicBool::new(true),
             gate: Semaphore::new(0),
             connections: AtomicU64::new(0),
         });
@@ -172,6 +177,13 @@ impl FakeProvider {
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Stop keeping a copy of each request (`requests()` then returns only
+    /// those received before): for load generators, whose measure should
+    /// not include the fake's bookkeeping.
+    pub fn forget_requests(&self) {
+        self.state.keep_requests.store(false, Ordering::Release);
     }
 
     /// TCP connections accepted so far.
@@ -272,16 +284,14 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    if let Ok(mut r) = state.requests.lock() {
-        r.push(RecordedRequest {
-            method: parts.method.clone(),
-            path: path.clone(),
-            headers: parts.headers.clone(),
-            body: body.clone(),
-            version: parts.version,
-            sni: sni.clone(),
-        });
-    }
+    keep(&state, || RecordedRequest {
+        method: parts.method.clone(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        version: parts.version,
+        sni: sni.clone(),
+    });
     let controls = Controls::from(&parts.headers);
     if parts.method == Method::POST && path.split('?').next() == Some("/mcp") {
         return Ok(mcp(&body, &controls));
@@ -370,15 +380,23 @@ fn mcp(body: &[u8], controls: &Controls) -> Response<Body> {
 }
 
 fn record(state: &State, req: &Request<Incoming>, body: Bytes, sni: &Option<String>) {
+    keep(state, || RecordedRequest {
+        method: req.method().clone(),
+        path: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+        headers: req.headers().clone(),
+        body,
+        version: req.version(),
+        sni: sni.clone(),
+    });
+}
+
+/// Keeps a copy of a request unless [`FakeProvider::forget_requests`] said not to.
+fn keep(state: &State, request: impl FnOnce() -> RecordedRequest) {
+    if !state.keep_requests.load(Ordering::Acquire) {
+        return;
+    }
     if let Ok(mut r) = state.requests.lock() {
-        r.push(RecordedRequest {
-            method: req.method().clone(),
-            path: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
-            headers: req.headers().clone(),
-            body,
-            version: req.version(),
-            sni: sni.clone(),
-        });
+        r.push(request());
     }
 }
 

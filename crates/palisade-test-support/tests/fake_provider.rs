@@ -374,3 +374,23 @@ fn test_ca_issues_chains_with_san() {
     assert_eq!(ca.root_store().len(), 1);
     assert!(!format!("{ca:?}").contains("PRIVATE"));
 }
+
+#[tokio::test]
+async fn a_fake_told_to_forget_requests_still_answers_but_keeps_no_copies() {
+    let ca = TestCa::new();
+    let fake = FakeProvider::start(&ca, HOSTS).await;
+    let c = client(&ca, &fake, true);
+    let url = "https://api.openai.com/v1/chat/completions";
+    let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let r = c.post(url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(fake.requests().len(), 1);
+    fake.forget_requests();
+    for _ in 0..3 {
+        let r = c.post(url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["model"], "gpt-4o");
+    }
+    assert_eq!(fake.requests().len(), 1, "only the request before forget_requests is kept");
+}
