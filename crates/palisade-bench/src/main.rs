@@ -229,6 +229,19 @@ fn pct(v: &[u64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
+/// Runs `f` and reports how busy the whole machine was meanwhile (0..1, all
+/// cores): a transfer that keeps every core busy is CPU-bound, so anything
+/// added to its path (a proxy hop) takes throughput from it.
+async fn machine_busy<T>(f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let before = fleet::stats::machine_cpu_secs();
+    let out = f.await;
+    let busy = match (before, fleet::stats::machine_cpu_secs()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) / (t1 - t0),
+        _ => f64::NAN,
+    };
+    (out, busy)
+}
+
 /// Microseconds of CPU per request (the process's user + system time,
 /// 10 ms resolution).
 fn per_request_us(cpu_secs: f64, requests: usize) -> f64 {
@@ -416,13 +429,17 @@ async fn main() -> Result<()> {
     println!("== (b) blind tunnel, {} MB echoed, {tunnel_rounds} interleaved rounds", TUNNEL_BYTES / 1024 / 1024);
     let (mut t_agent, mut t_mitm) = (Vec::new(), Vec::new());
     for round in 1..=tunnel_rounds {
-        let td = tunnel(echo, None).await?;
+        let (td, d_busy) = machine_busy(tunnel(echo, None)).await;
+        let td = td?;
         let cpu = fleet::stats::cpu_secs(agent.child.id()).unwrap_or(0.0);
-        let ta = tunnel(echo, Some(agent.addr)).await?;
+        let (ta, a_busy) = machine_busy(tunnel(echo, Some(agent.addr))).await;
+        let ta = ta?;
         let agent_ms = (fleet::stats::cpu_secs(agent.child.id()).unwrap_or(0.0) - cpu) * 1000.0;
         print!(
-            "round {round}: direct {td:8.1} MB/s  palisade {ta:8.1} MB/s ({:.1}%, agent CPU {agent_ms:.0} ms)",
-            ta / td * 100.0
+            "round {round}: direct {td:7.1} MB/s (machine {:.0}% busy)  palisade {ta:7.1} MB/s ({:.1}%, agent CPU {agent_ms:.0} ms, machine {:.0}% busy)",
+            d_busy * 100.0,
+            ta / td * 100.0,
+            a_busy * 100.0
         );
         t_agent.push(ta / td);
         if let Some(m) = mitm_tunnel.as_ref().filter(|_| round <= rounds) {
