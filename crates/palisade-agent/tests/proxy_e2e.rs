@@ -219,17 +219,8 @@ async fn blind_tunnel_passes_bytes_unchanged_and_records_nothing() {
 async fn bytes_sent_in_the_same_write_as_connect_go_through_the_tunnel_first() {
     let h = Harness::start().await;
     let echo = palisade_test_support::start_echo_tcp().await;
-    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     // A client that does not wait for the 200 before its first bytes.
-    let head = format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n");
-    s.write_all(format!("{head}early bytes|").as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut b = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        got.push(b[0]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    let mut s = raw_connect_sending(h.addr, &echo.to_string(), b"early bytes|").await;
     s.write_all(b"later bytes").await.unwrap();
     let mut echoed = vec![0u8; "early bytes|later bytes".len()];
     s.read_exact(&mut echoed).await.unwrap();

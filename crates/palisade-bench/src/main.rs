@@ -242,6 +242,14 @@ async fn machine_busy<T>(f: impl std::future::Future<Output = T>) -> (T, f64) {
     (out, busy)
 }
 
+/// Runs `f` and reports the CPU seconds process `pid` used meanwhile (user +
+/// system, 10 ms resolution).
+async fn process_cpu<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let before = fleet::stats::cpu_secs(pid).unwrap_or(0.0);
+    let out = f.await;
+    (out, fleet::stats::cpu_secs(pid).unwrap_or(0.0) - before)
+}
+
 /// Microseconds of CPU per request (the process's user + system time,
 /// 10 ms resolution).
 fn per_request_us(cpu_secs: f64, requests: usize) -> f64 {
@@ -431,10 +439,8 @@ async fn main() -> Result<()> {
     for round in 1..=tunnel_rounds {
         let (td, d_busy) = machine_busy(tunnel(echo, None)).await;
         let td = td?;
-        let cpu = fleet::stats::cpu_secs(agent.child.id()).unwrap_or(0.0);
-        let (ta, a_busy) = machine_busy(tunnel(echo, Some(agent.addr))).await;
-        let ta = ta?;
-        let agent_ms = (fleet::stats::cpu_secs(agent.child.id()).unwrap_or(0.0) - cpu) * 1000.0;
+        let ((ta, a_busy), agent_cpu) = process_cpu(agent.child.id(), machine_busy(tunnel(echo, Some(agent.addr)))).await;
+        let (ta, agent_ms) = (ta?, agent_cpu * 1000.0);
         print!(
             "round {round}: direct {td:7.1} MB/s (machine {:.0}% busy)  palisade {ta:7.1} MB/s ({:.1}%, agent CPU {agent_ms:.0} ms, machine {:.0}% busy)",
             d_busy * 100.0,
@@ -462,9 +468,9 @@ async fn main() -> Result<()> {
         for round in 1..=rounds {
             let (dr, _, _) = rps(&direct_c, &url, conc, None).await?;
             let agent_pid = agent.child.id();
-            let cpu = fleet::stats::cpu_secs(agent_pid).unwrap_or(0.0);
-            let (ar, peak, an) = rps(&agent_c, &url, conc, Some(agent_pid)).await?;
-            let agent_us = per_request_us(fleet::stats::cpu_secs(agent_pid).unwrap_or(0.0) - cpu, an);
+            let (run, cpu) = process_cpu(agent_pid, rps(&agent_c, &url, conc, Some(agent_pid))).await;
+            let (ar, peak, an) = run?;
+            let agent_us = per_request_us(cpu, an);
             peak_rss = peak_rss.max(peak);
             print!(
                 "{conc:>2} clients, round {round}: direct {dr:8.0}/s  palisade {ar:8.0}/s ({:.2} of direct, {agent_us:.0} µs CPU/request)",
@@ -472,10 +478,9 @@ async fn main() -> Result<()> {
             );
             of_direct.push(ar / dr);
             if let (Some(mc), Some(m)) = (&mitm_c, &mitm) {
-                let mitm_pid = m.child.id();
-                let cpu = fleet::stats::cpu_secs(mitm_pid).unwrap_or(0.0);
-                let (mr, _, mn) = rps(mc, &url, conc, None).await?;
-                let mitm_us = per_request_us(fleet::stats::cpu_secs(mitm_pid).unwrap_or(0.0) - cpu, mn);
+                let (run, cpu) = process_cpu(m.child.id(), rps(mc, &url, conc, None)).await;
+                let (mr, _, mn) = run?;
+                let mitm_us = per_request_us(cpu, mn);
                 print!("  mitmproxy {mr:8.0}/s ({mitm_us:.0} µs CPU/request)  palisade/mitmproxy {:.1}x", ar / mr);
                 vs_mitm.push(ar / mr);
                 cpu_vs_mitm.push(mitm_us / agent_us);

@@ -200,10 +200,16 @@ impl Harness {
 
 /// Open a raw CONNECT tunnel through the proxy; returns the stream after the 200.
 pub async fn raw_connect(proxy: SocketAddr, target: &str) -> TcpStream {
+    raw_connect_sending(proxy, target, b"").await
+}
+
+/// As [`raw_connect`], with `early` bytes sent in the same write as the
+/// CONNECT request (a client that does not wait for the 200).
+pub async fn raw_connect_sending(proxy: SocketAddr, target: &str, early: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut first = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").into_bytes();
+    first.extend_from_slice(early);
+    s.write_all(&first).await.unwrap();
     // Read the response head byte by byte so no tunnel bytes are consumed.
     let mut head = Vec::new();
     let mut b = [0u8; 1];
